@@ -1,0 +1,57 @@
+"""Errors a visitor understands: JSON for the API, HTML for the pages, never a traceback."""
+import logging
+
+from flask import render_template, request
+from flask_limiter.errors import RateLimitExceeded
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from .lightning import WalletError
+
+log = logging.getLogger(__name__)
+
+FRIENDLY = {
+    404: "There is nothing here.",
+    405: "That address doesn't take that kind of request.",
+    413: "That is too much to send at once.",
+}
+
+
+def _wants_json():
+    return request.path.startswith("/api/")
+
+
+def respond(status, message):
+    """Answer with a message in the form the client asked for."""
+    if _wants_json():
+        return {"error": message}, status
+    template = "fragments/notice.html" if request.headers.get("HX-Request") else "error.html"
+    return render_template(template, message=message, status=status), status
+
+
+def handle_http(error):
+    if isinstance(error, RateLimitExceeded):
+        return respond(429, f"Timmy can chat {error.limit.limit} — that's the free allowance. "
+                            "Take a breath and try again in a minute.")
+    if isinstance(error, CSRFError):
+        return respond(400, "The form had expired or was sent from elsewhere. Reload the page and try again.")
+    message = error.description if error.description and error.description != type(error).description \
+        else FRIENDLY.get(error.code, error.name)
+    return respond(error.code or 500, message)
+
+
+def handle_wallet(error):
+    return respond(error.status, str(error))
+
+
+def handle_unexpected(error):
+    log.exception("unhandled error", exc_info=error)
+    return respond(500, "Something went wrong on our side. Nothing was charged for this request.")
+
+
+def init_app(app):
+    """Register the handlers."""
+    app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(WalletError, handle_wallet)
+    app.register_error_handler(InternalServerError, handle_unexpected)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,118 @@
+"""Server-Sent Events over flask-sse and Redis, with its known faults fixed.
+
+flask-sse as shipped opens a Redis connection per publish, sends nothing until the first event,
+loses a leading space and line breaks, and has no replay. Here: one shared pool, an immediate
+comment and a heartbeat, exact framing, and a snapshot of the current state on (re)connect.
+"""
+import json
+
+from flask import current_app, stream_with_context
+from flask_sse import Message, ServerSentEventsBlueprint
+
+from . import bus, fragments, live
+from .models import Job, db
+
+
+class Frame(Message):
+    """An SSE message whose data arrives intact: every line break kept, leading spaces kept."""
+
+    def __str__(self):
+        # The SSE parser splits only on CR, LF and CRLF and strips one space after "data:".
+        data = self.data.replace("\r\n", "\n").replace("\r", "\n")
+        lines = [f"event: {self.type}"] if self.type else []
+        lines += [f"data: {line}" for line in data.split("\n")]
+        if self.id is not None:
+            lines.append(f"id: {self.id}")
+        return "\n".join(lines) + "\n\n"
+
+
+class JobEvents(ServerSentEventsBlueprint):
+    @property
+    def redis(self):
+        return bus.client()
+
+    def publish_frames(self, job, frames, live_figures=None):
+        """Publish frames to the job's channel, updating its live state in the same transaction."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            if live_figures is not None:
+                live.write(pipe, job, **live_figures)
+            for frame in frames:
+                pipe.publish(channel(job), json.dumps(frame))
+            pipe.execute()
+
+    def stream_job(self, job):
+        """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
+        pubsub = bus.subscriber()
+        pubsub.subscribe(channel(job))  # before the snapshot, so nothing falls between the two
+        heartbeat = current_app.config["SSE_HEARTBEAT_SECONDS"]
+        job_id = job.id
+
+        @stream_with_context
+        def generate():
+            try:
+                yield ": connected\nretry: 2000\n\n"
+                job = db.session.get(Job, job_id, populate_existing=True)
+                ctx = fragments.job_context(job)
+                db.session.rollback()  # hold no database transaction for the stream's lifetime
+                yield str(Frame(fragments.card(job, ctx), type="job_state"))
+                if job.is_final:
+                    yield str(Frame(fragments.final_panel(job), type="job_complete"))
+                    return
+                sent = ctx["sent_chars"]
+                while True:
+                    message = pubsub.get_message(timeout=heartbeat)
+                    if message is None:
+                        yield ": heartbeat\n\n"
+                        continue
+                    frame = json.loads(message["data"])
+                    if frame["type"] == "job_answer":
+                        frame, sent = _unsent_part(frame, sent)
+                        if frame is None:
+                            continue
+                    yield str(Frame(frame["data"], type=frame["type"]))
+                    if frame["type"] == "job_complete":
+                        return
+            finally:
+                pubsub.close()
+
+        return current_app.response_class(generate(), mimetype="text/event-stream", headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx-style proxies must not hold frames back
+        })
+
+
+def _unsent_part(frame, sent):
+    """Trim an answer frame to the text this viewer has not had yet (its snapshot may overlap it)."""
+    start, text = frame["start"], frame["text"]
+    end = start + len(text)
+    if end <= sent:
+        return None, sent
+    if start < sent:
+        frame = {"type": "job_answer", "data": fragments.answer_chunk(text[sent - start:])}
+    return frame, end
+
+
+sse = JobEvents("events", __name__)
+
+
+def channel(job):
+    """Return the job's Redis channel: named by a random secret, not by the job id."""
+    return f"job:{job.channel}"
+
+
+def publish_state(job):
+    """Publish the job card; on a final state also the final panel, which ends the viewers' streams."""
+    frames = [{"type": "job_state", "data": fragments.card(job)}]
+    if job.is_final:
+        frames.append({"type": "job_complete", "data": fragments.final_panel(job)})
+    sse.publish_frames(job, frames)
+
+
+def publish_progress(job, *, tokens, output_tokens, msat, text, start):
+    """Publish a ticker frame (absolute figures) and any new answer text."""
+    figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat}
+    frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
+    if text:
+        frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
+                       "start": start, "text": text})
+    sse.publish_frames(job, frames, live_figures={**figures, "text": text})

@@ -1,0 +1,51 @@
+"""Render the HTML fragments that the page, htmx responses and SSE pushes all share."""
+from flask import render_template
+
+from . import live, pricing
+from .lightning import is_dev_wallet
+
+
+def ticker_figures(job, state=None):
+    """Return the ticker's absolute figures: from the live state, or the input alone before any frame."""
+    if state is not None:
+        return {"tokens": state.tokens, "output_tokens": state.output_tokens, "msat": state.msat}
+    input_tokens = job.input_tokens or 0
+    msat = pricing.charge_msat(pricing.tariff(), job.model, input_tokens, 0, job.btc_usd)
+    return {"tokens": input_tokens, "output_tokens": 0, "msat": msat}
+
+
+def job_context(job):
+    """Return everything the job fragments need, read once."""
+    ctx = {"job": job, "eval_invoice": job.invoice("eval"), "work_invoice": job.invoice("work"),
+           "ledger": job.ledger, "dev_wallet": is_dev_wallet(),
+           "answer": job.result or "", "sent_chars": len(job.result or "")}
+    if job.state == "awaiting_work_payment":
+        ctx["breakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
+                                         job.estimated_output_tokens, job.btc_usd)
+    if job.state == "executing":
+        state = live.read(job)
+        ctx["figures"] = ticker_figures(job, state)
+        ctx["answer"] = state.text if state else ""
+        ctx["sent_chars"] = len(ctx["answer"])
+    return ctx
+
+
+def card(job, ctx=None):
+    """Render the job card: the swap target of job_state."""
+    return render_template("fragments/job_card.html", **(ctx or job_context(job)))
+
+
+def final_panel(job):
+    """Render the final panel: the swap target of job_complete."""
+    return render_template("fragments/final.html", job=job, ledger=job.ledger)
+
+
+def ticker(job, *, tokens, output_tokens, msat):
+    """Render one ticker frame from absolute figures."""
+    return render_template("fragments/ticker.html", job=job, tokens=tokens,
+                           output_tokens=output_tokens, msat=msat)
+
+
+def answer_chunk(text):
+    """Render a piece of Timmy's answer, escaped, to append to the answer."""
+    return render_template("fragments/answer_chunk.html", text=text)

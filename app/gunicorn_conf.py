@@ -1,0 +1,33 @@
+"""gunicorn settings for the Workshop (used by the Procfile and the README's run command)."""
+import os
+
+# Heroku gives the port in PORT and routes to 0.0.0.0; on a laptop stay on loopback, port 5000.
+bind = f"0.0.0.0:{os.environ['PORT']}" if "PORT" in os.environ else "127.0.0.1:5000"
+
+# gevent: every job runs in a greenlet and every viewer holds an open SSE stream; one gevent
+# worker serves thousands of those. More workers need REDIS_URL and DATABASE_URL shared by all
+# (the embedded Redis and SQLite belong to one process).
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
+
+# Never preload with gevent: the app must be created after the worker has patched the stdlib.
+preload_app = False
+
+# SSE streams stay open for minutes; gevent workers aren't killed for that, but keep the worker
+# timeout for a truly stuck worker.
+timeout = 60
+
+# Open streams make shutdown wait this long; Heroku sends SIGKILL 30 s after SIGTERM.
+graceful_timeout = 20
+
+# Heroku's router keeps connections alive for up to 90 s idle.
+keepalive = 75
+
+# Logs go to stdout/stderr, where Heroku (and a terminal) collect them.
+accesslog = "-"
+errorlog = "-"
+
+# gunicorn >= 25.1 opens a control socket under $HOME by default; a dyno doesn't need one, and
+# several instances on one machine would fight over it.
+control_socket_disable = True

@@ -1,0 +1,141 @@
+"""The job state machine: a job advances only when the wallet confirms a payment, once per payment."""
+import logging
+import unicodedata
+
+import gevent
+from flask import current_app, g
+from sqlalchemy import update
+
+from . import events, pricing
+from .agent import get_agent
+from .lightning import get_wallet
+from .metering import count_tokens
+from .models import Invoice, Job, db, utcnow
+
+log = logging.getLogger(__name__)
+running = {}  # job id -> greenlet, for tests and for stopping
+
+
+class JobError(Exception):
+    """A request the Workshop refuses; the message is fit to show a visitor."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+def clean_request(text, limit):
+    """Return the request text normalised, or raise JobError saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise JobError("Send the job request as text.")
+    if "\ufffd" in text:
+        raise JobError("The request is not valid UTF-8 text.")
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if not text:
+        raise JobError("Tell Timmy what the job is: the request is empty.")
+    if len(text) > limit:
+        raise JobError(f"The request is too long: {len(text):,} characters, at most {limit:,}.", 413)
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
+        raise JobError("The request contains control characters (such as NUL); remove them and try again.")
+    return text
+
+
+def create_job(visitor_id, request_text):
+    """Create a job and its eval invoice in one transaction."""
+    text = clean_request(request_text, current_app.config["MAX_REQUEST_CHARS"])
+    fee_msat = current_app.config["EVAL_FEE_SATS"] * pricing.MSAT_PER_SAT
+    job = Job(visitor_id=visitor_id, request=text, model=get_agent().model)
+    _add_invoice(job, "eval", fee_msat, "Timmy's Workshop: evaluation fee")
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
+def _add_invoice(job, kind, amount_msat, memo):
+    new = get_wallet().create_invoice(amount_msat, memo, current_app.config["INVOICE_EXPIRY_SECONDS"])
+    job.invoices.append(Invoice(payment_hash=new.payment_hash, kind=kind, amount_msat=new.amount_msat,
+                                payment_request=new.payment_request, expires_at=new.expires_at))
+
+
+def transition(job, from_state, to_state, **values):
+    """Move job from one state to the next with a conditional update; tell whether it moved."""
+    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state)
+                               .values(state=to_state, updated_at=utcnow(), **values)).rowcount == 1
+    db.session.commit()
+    db.session.refresh(job)
+    if moved:
+        events.publish_state(job)
+    return moved
+
+
+def on_payment(payment_hash):
+    """Advance the job whose invoice the wallet confirms paid; a second confirmation changes nothing."""
+    if not get_wallet().is_paid(payment_hash):
+        return None
+    first = db.session.execute(update(Invoice).where(Invoice.payment_hash == payment_hash,
+                                                     Invoice.state == "pending")
+                               .values(state="paid", paid_at=utcnow())).rowcount == 1
+    db.session.commit()
+    invoice = db.session.get(Invoice, payment_hash)
+    if invoice is None or not first:
+        return invoice and invoice.job
+    job = invoice.job
+    if invoice.kind == "eval" and transition(job, "awaiting_eval_payment", "evaluating"):
+        spawn(evaluate, job.id)
+    elif invoice.kind == "work" and transition(job, "awaiting_work_payment", "executing"):
+        from .runner import execute
+        spawn(execute, job.id)
+    return job
+
+
+def expire_if_due(job):
+    """End a job whose open invoice has expired unpaid."""
+    kind = {"awaiting_eval_payment": "eval", "awaiting_work_payment": "work"}.get(job.state)
+    invoice = kind and job.invoice(kind)
+    if invoice and invoice.state == "pending" and invoice.expires_at <= utcnow():
+        transition(job, job.state, "expired", reason="The invoice expired before it was paid.")
+    return job
+
+
+def evaluate(job_id):
+    """Have Timmy accept or reject the job; if accepted, quote it and issue the work invoice."""
+    job = db.session.get(Job, job_id)
+    try:
+        agent = get_agent()
+        verdict = agent.evaluate(job.request)
+        if not verdict.accepted:
+            transition(job, "evaluating", "rejected", reason=verdict.reason)
+            return
+        input_tokens = count_tokens(agent.prompt(job.request))
+        btc_usd, _source = pricing.btc_usd_quote()
+        quote = pricing.quote(pricing.tariff(), job.model, input_tokens,
+                              verdict.estimated_output_tokens, btc_usd)
+        _add_invoice(job, "work", quote["amountSats"] * pricing.MSAT_PER_SAT, "Timmy's Workshop: the job")
+        transition(job, "evaluating", "awaiting_work_payment", reason=verdict.reason,
+                   input_tokens=input_tokens, estimated_output_tokens=verdict.estimated_output_tokens,
+                   btc_usd=btc_usd)
+    except Exception:
+        log.exception("evaluation of job %s failed", job_id)
+        db.session.rollback()
+        transition(job, "evaluating", "failed", error_message="Timmy could not evaluate the request. "
+                   "The evaluation fee is not refunded automatically; contact the operator.")
+
+
+def spawn(fn, *args):
+    """Run fn(job_id, ...) in a greenlet of this process, inside the app."""
+    app = current_app._get_current_object()
+
+    def run():
+        # Fragments are rendered with url_for, which needs a request context; the visitor's
+        # request has ended, so use a neutral one (paths only; no session of anyone's).
+        with app.test_request_context():
+            g.pushing = True
+            try:
+                fn(*args)
+            finally:
+                db.session.remove()
+
+    greenlet = gevent.spawn(run)
+    running[args[0]] = greenlet
+    greenlet.link(lambda gl: running.pop(args[0], None) if running.get(args[0]) is gl else None)
+    return greenlet

@@ -1,0 +1,38 @@
+"""The live state of an executing job, kept beside the event bus so any viewer can catch up."""
+from dataclasses import dataclass
+
+from . import bus
+
+TTL_SECONDS = 24 * 3600  # long after the job has ended; by then the database has the answer
+
+
+@dataclass(frozen=True)
+class LiveState:
+    tokens: int
+    output_tokens: int
+    msat: int
+    text: str
+
+
+def _keys(job):
+    return f"job:{job.channel}:figures", f"job:{job.channel}:text"
+
+
+def write(pipe, job, *, tokens, output_tokens, msat, text):
+    """Queue the absolute figures and the new text on a Redis pipeline."""
+    figures, text_key = _keys(job)
+    pipe.hset(figures, mapping={"tokens": tokens, "output_tokens": output_tokens, "msat": msat})
+    pipe.append(text_key, text.encode("utf-8"))
+    pipe.expire(figures, TTL_SECONDS)
+    pipe.expire(text_key, TTL_SECONDS)
+
+
+def read(job):
+    """Return the job's live state, or None before its first frame."""
+    figures, text_key = _keys(job)
+    with bus.client().pipeline(transaction=True) as pipe:
+        values, text = pipe.hgetall(figures).get(text_key).execute()
+    if not values:
+        return None
+    return LiveState(int(values[b"tokens"]), int(values[b"output_tokens"]), int(values[b"msat"]),
+                     (text or b"").decode("utf-8"))

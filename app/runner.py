@@ -1,0 +1,95 @@
+"""Run a paid job: provider delta -> meter -> pricing -> fragment -> publish, then settle the bill."""
+import logging
+
+import gevent
+import gevent.event
+from flask import current_app
+
+from . import events, pricing
+from .agent import TextDelta, Usage, get_agent
+from .jobs import transition
+from .metering import Meter, count_tokens
+from .models import CostLedger, Job, db
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What has streamed so far, and what of it the viewers have been sent."""
+
+    def __init__(self, job, input_tokens, encoding):
+        self.job = job
+        self.input_tokens = input_tokens
+        self.meter = Meter(encoding)
+        self.text = ""
+        self.sent = 0  # characters of text already published
+        self.tariff = pricing.tariff()
+        self.done = gevent.event.Event()
+
+    def add(self, delta):
+        self.text += self.meter.feed(delta)
+
+    def flush(self):
+        """Publish one ticker frame with absolute figures, plus the text not yet sent."""
+        output_tokens = self.meter.tokens
+        msat = pricing.charge_msat(self.tariff, self.job.model, self.input_tokens, output_tokens,
+                                   self.job.btc_usd)
+        start, self.sent = self.sent, len(self.text)
+        events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
+                                output_tokens=output_tokens, msat=msat,
+                                text=self.text[start:], start=start)
+
+    def flush_every(self, interval):
+        """Flush at most once per interval while something new has arrived."""
+        last = None
+        while not self.done.wait(interval):
+            mark = (len(self.text), self.meter.tokens)
+            if mark != last:
+                self.flush()
+                last = mark
+
+
+def execute(job_id):
+    """Stream Timmy's answer for a paid job, tick the cost live, then settle and complete it."""
+    job = db.session.get(Job, job_id)
+    agent = get_agent()
+    progress = Progress(job, count_tokens(agent.prompt(job.request)), agent.encoding)
+    progress.flush()  # the ticker starts at the input tokens at once
+    ticker = gevent.spawn(progress.flush_every, 1 / current_app.config["TICKER_MAX_FPS"])
+    usage, error = None, None
+    try:
+        for item in agent.stream(job.request):
+            if isinstance(item, TextDelta):
+                progress.add(item.text)
+            elif isinstance(item, Usage):
+                usage = item  # cumulative: the latest report wins
+    except Exception:
+        log.exception("job %s failed while streaming", job_id)
+        error = "Timmy stopped before finishing the answer. You are charged only for what was produced."
+    finally:
+        # Let the ticker finish a frame it has begun rather than kill it inside a Redis call.
+        progress.done.set()
+        ticker.join()
+    progress.text += progress.meter.finish()
+    progress.flush()  # the last frame is always delivered
+    settle(job, progress, usage, error)
+
+
+def settle(job, progress, usage, error=None):
+    """Write the cost ledger from the provider's usage (or our exact count) and end the job."""
+    if usage is not None:
+        input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "provider"
+    else:
+        input_tokens, output_tokens, source = progress.input_tokens, progress.meter.tokens, "estimate"
+    actual_msat = pricing.charge_msat(progress.tariff, job.model, input_tokens, output_tokens, job.btc_usd)
+    work, eval_ = job.invoice("work"), job.invoice("eval")
+    db.session.add(CostLedger(
+        job_id=job.id, model=job.model, eval_fee_msat=eval_.amount_msat,
+        estimated_msat=work.amount_msat, paid_msat=work.amount_msat, actual_msat=actual_msat,
+        refund_owed_msat=pricing.refund_owed_msat(work.amount_msat, actual_msat),
+        input_tokens=input_tokens, output_tokens=output_tokens,
+        estimated_output_tokens=job.estimated_output_tokens, usage_source=source, btc_usd=job.btc_usd))
+    if error:
+        transition(job, "executing", "failed", result=progress.text, error_message=error)
+    else:
+        transition(job, "executing", "complete", result=progress.text)

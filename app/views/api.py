@@ -1,0 +1,73 @@
+"""The JSON API, mirroring the original Workshop, for scripts and agents (same cookie session)."""
+from flask import Blueprint, abort, jsonify, request, url_for
+
+from .. import jobs, pricing, visitors
+from ..security import same_origin_only
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+bp.before_request(same_origin_only)
+
+
+def invoice_json(invoice):
+    if invoice is None:
+        return None
+    return {"paymentRequest": invoice.payment_request, "paymentHash": invoice.payment_hash,
+            "amountSats": invoice.amount_sats, "state": invoice.state,
+            "expiresAt": invoice.expires_at.isoformat() + "Z"}
+
+
+def ledger_json(ledger):
+    if ledger is None:
+        return None
+    return {
+        "model": ledger.model, "usageSource": ledger.usage_source, "btcUsd": str(ledger.btc_usd),
+        "inputTokens": ledger.input_tokens, "outputTokens": ledger.output_tokens,
+        "estimatedOutputTokens": ledger.estimated_output_tokens,
+        "evalFeeSats": ledger.eval_fee_msat // pricing.MSAT_PER_SAT,
+        "estimatedSats": ledger.estimated_msat // pricing.MSAT_PER_SAT,
+        "paidMsat": ledger.paid_msat, "actualMsat": ledger.actual_msat,
+        "actualSats": str(pricing.display_sats(ledger.actual_msat, 1)),
+        "refundOwedMsat": ledger.refund_owed_msat,
+        "refundOwedSats": ledger.refund_owed_msat // pricing.MSAT_PER_SAT,
+    }
+
+
+def job_json(job):
+    """Return the job as the API shows it."""
+    body = {"jobId": job.id, "state": job.state, "request": job.request,
+            "evalInvoice": invoice_json(job.invoice("eval")),
+            "workInvoice": invoice_json(job.invoice("work")), "reason": job.reason,
+            "result": job.result, "errorMessage": job.error_message,
+            "streamUrl": url_for("workshop.job_events", job_id=job.id),
+            "jobUrl": url_for("workshop.job_page", job_id=job.id)}
+    if job.state == "awaiting_work_payment":
+        body["pricingBreakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
+                                                 job.estimated_output_tokens, job.btc_usd)
+    if job.ledger is not None:
+        body["costLedger"] = ledger_json(job.ledger)
+    return body
+
+
+@bp.post("/jobs")
+def create_job():
+    """Create a job: 201 with its eval invoice and where to stream it."""
+    if not request.is_json:
+        abort(415, 'Send JSON with Content-Type: application/json, e.g. {"request": "..."}.')
+    try:
+        request.get_data().decode("utf-8")
+    except UnicodeDecodeError:
+        abort(400, "The request body is not valid UTF-8.")
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict) or "request" not in payload:
+        abort(400, 'Send a JSON object with a "request" string, e.g. {"request": "..."}.')
+    try:
+        job = jobs.create_job(visitors.current(), payload["request"])
+    except jobs.JobError as error:
+        abort(error.status, str(error))
+    return jsonify(job_json(job)), 201
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id):
+    """Return the job's current state."""
+    return jsonify(job_json(jobs.expire_if_due(visitors.owned_job_or_404(job_id))))

@@ -1,0 +1,35 @@
+"""Free chat with Timmy: short replies, no invoice, no ticker, a few messages a minute."""
+from flask import Blueprint, current_app, render_template, request
+
+from .. import jobs, visitors
+from ..agent import TextDelta, get_agent
+from ..security import limiter
+from .workshop import is_htmx, page_context
+
+bp = Blueprint("chat", __name__)
+
+
+def chat_limit():
+    return current_app.config["CHAT_RATE_LIMIT"]
+
+
+@bp.post("/chat")
+@limiter.limit(chat_limit, key_func=lambda: "chat:" + visitors.current())
+def chat():
+    """Answer a free-chat message."""
+    text = request.form.get("message", "")
+    try:
+        message = jobs.clean_request(text, current_app.config["MAX_CHAT_CHARS"])
+    except jobs.JobError as error:
+        if is_htmx():
+            return render_template("fragments/chat_notice.html", message=str(error)), error.status
+        return render_template("workshop.html", **page_context(
+            visitors.latest_job(), chat_error=str(error))), error.status
+    reply = "".join(item.text for item in get_agent().chat(message) if isinstance(item, TextDelta))
+    exchange = {"message": message, "reply": reply}
+    if is_htmx():
+        # The exchange joins the log; an out-of-band swap empties the input for the next message.
+        return (render_template("fragments/chat_exchange.html", **exchange)
+                + render_template("fragments/chat_input.html", oob=True,
+                                  max_chat_chars=current_app.config["MAX_CHAT_CHARS"]))
+    return render_template("workshop.html", **page_context(visitors.latest_job(), chat=[exchange]))

@@ -1,0 +1,39 @@
+"""The development wallet's pay endpoint: registered only while the development wallet is in use."""
+from flask import Blueprint, jsonify, redirect, render_template, url_for
+
+from .. import fragments, jobs, visitors
+from ..lightning import get_wallet
+from ..models import Invoice, db
+from ..security import same_origin_only
+from .workshop import is_htmx
+
+bp = Blueprint("devpay", __name__)
+bp.before_request(same_origin_only)
+
+
+def _pay(payment_hash):
+    """Settle a development-wallet invoice and let the job advance on the wallet's confirmation."""
+    get_wallet().settle(payment_hash)  # raises WalletError (404, 410) with a visitor-fit message
+    return jobs.on_payment(payment_hash)
+
+
+@bp.post("/api/dev/pay/<payment_hash>")
+def api_pay(payment_hash):
+    """Pay an invoice of the development wallet (JSON)."""
+    job = _pay(payment_hash)
+    invoice = db.session.get(Invoice, payment_hash)
+    return jsonify({"paymentHash": payment_hash, "paid": True,
+                    "jobId": job.id if job else None, "state": job.state if job else None,
+                    "kind": invoice.kind if invoice else None})
+
+
+@bp.post("/dev/pay/<payment_hash>")
+def form_pay(payment_hash):
+    """Pay from the job's "Pay with development wallet" button."""
+    invoice = db.session.get(Invoice, payment_hash)
+    if invoice is None or invoice.job.visitor_id != visitors.current(create=False):
+        return render_template("error.html", message="There is no such invoice for you here."), 404
+    job = _pay(payment_hash)
+    if is_htmx():
+        return fragments.card(job)
+    return redirect(url_for("workshop.job_page", job_id=job.id), 303)
