@@ -3,7 +3,7 @@ import logging
 
 import gevent
 import gevent.event
-from flask import current_app
+from flask import copy_current_request_context, current_app
 
 from . import events, pricing
 from .agent import TextDelta, Usage, get_agent
@@ -55,7 +55,9 @@ def execute(job_id):
     agent = get_agent()
     progress = Progress(job, count_tokens(agent.prompt(job.request)), agent.encoding)
     progress.flush()  # the ticker starts at the input tokens at once
-    ticker = gevent.spawn(progress.flush_every, 1 / current_app.config["TICKER_MAX_FPS"])
+    # The ticker runs in its own greenlet, which starts with no context of its own.
+    ticker = gevent.spawn(copy_current_request_context(progress.flush_every),
+                          1 / current_app.config["TICKER_MAX_FPS"])
     usage, error = None, None
     try:
         for item in agent.stream(job.request):

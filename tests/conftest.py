@@ -1,9 +1,17 @@
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from app import create_app, jobs
 from app.models import db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config):
@@ -53,5 +61,82 @@ def runner(app):
 
 def wait_for_jobs():
     """Let every job greenlet of this process finish."""
-    for greenlet in list(jobs.running.values()):
-        greenlet.join(timeout=30)
+    while jobs.running:
+        for greenlet in list(jobs.running.values()):
+            greenlet.join(timeout=30)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real gunicorn with the gevent worker, serving the Workshop on a free loopback port."""
+
+    def __init__(self, tmp_path, redis_url, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"gunicorn-{self.port}.log"
+        self.env = {**os.environ, "PORT": str(self.port), "REDIS_URL": redis_url,
+                    "DATABASE_URL": f"sqlite:///{tmp_path / f'live-{self.port}.sqlite3'}",
+                    "SECRET_KEY": "live-test-secret", "DEMO_TOKENS_PER_SECOND": "200", **env}
+        self.process = None
+
+    def start(self):
+        # Bind loopback only, whatever gunicorn_conf does with PORT.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:app.gunicorn_conf",
+             "--bind", f"127.0.0.1:{self.port}", "app:create_app()"],
+            env=self.env, cwd=ROOT, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        for _ in range(300):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # the master stops its workers gracefully
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def live_server(tmp_path, redis_url):
+    server = LiveServer(tmp_path, redis_url).start()
+    yield server
+    server.stop()
+
+
+def parse_sse(lines):
+    """Parse SSE lines the way a browser's EventSource does; yield (event, data)."""
+    event, data = None, []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+
+
+def sse_lines(text):
+    """Split an SSE body into lines on CR, LF or CRLF, as the SSE spec does (and only those)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")

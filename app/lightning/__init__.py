@@ -21,14 +21,21 @@ class WalletError(Exception):
         self.status = status
 
 
+def _dev_wallet(app):
+    from .dev import DevWallet
+    return DevWallet(app.config["SECRET_KEY"])
+
+
+# WALLET name -> factory(app). Real backends (LNbits, LND, NWC) register here.
+BACKENDS = {"dev": _dev_wallet}
+
+
 def init_app(app):
     """Build the configured wallet once per app."""
     kind = app.config["WALLET"]
-    if kind == "dev":
-        from .dev import DevWallet
-        app.extensions["wallet"] = DevWallet(app.config["SECRET_KEY"])
-    else:
-        raise RuntimeError(f"Unknown WALLET {kind!r}; the Workshop knows: dev")
+    if kind not in BACKENDS:
+        raise RuntimeError(f"Unknown WALLET {kind!r}; the Workshop knows: {', '.join(BACKENDS)}")
+    app.extensions["wallet"] = BACKENDS[kind](app)
 
 
 def get_wallet():

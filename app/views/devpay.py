@@ -1,5 +1,5 @@
 """The development wallet's pay endpoint: registered only while the development wallet is in use."""
-from flask import Blueprint, jsonify, redirect, render_template, url_for
+from flask import Blueprint, abort, jsonify, redirect, url_for
 
 from .. import fragments, jobs, visitors
 from ..lightning import get_wallet
@@ -32,7 +32,7 @@ def form_pay(payment_hash):
     """Pay from the job's "Pay with development wallet" button."""
     invoice = db.session.get(Invoice, payment_hash)
     if invoice is None or invoice.job.visitor_id != visitors.current(create=False):
-        return render_template("error.html", message="There is no such invoice for you here."), 404
+        abort(404, "There is no such invoice for you here.")
     job = _pay(payment_hash)
     if is_htmx():
         return fragments.card(job)

@@ -1,0 +1,94 @@
+"""SSE framing, the snapshot a (re)connecting viewer gets, and trimming of overlapping answer text."""
+import json
+
+import pytest
+
+from app import bus, events, fragments
+from app.events import Frame, _unsent_part
+from app.models import Job, db
+from conftest import parse_sse, sse_lines, wait_for_jobs
+
+
+@pytest.mark.parametrize("data", [
+    "plain", "two\nlines", "crlf\r\nline", "cr\rline", "  leading spaces", "\nstarts with newline",
+    "ends with newline\n", "\n\n", "u2028\u2028u2029\u2029nel\x85ff\x0cvt\x0b", " ", "<p>\n  html\n</p>",
+])
+def test_frames_arrive_intact_or_with_line_breaks_normalised(data):
+    parsed = list(parse_sse(sse_lines(str(Frame(data, type="job_answer")))))
+    assert parsed == [("job_answer", data.replace("\r\n", "\n").replace("\r", "\n"))]
+
+
+def test_unsent_part_trims_what_the_snapshot_already_had(app):
+    with app.test_request_context():
+        frame = {"type": "job_answer", "data": "abc<", "start": 10, "text": "abc<"}
+        assert _unsent_part(frame, 14) == (None, 14)           # all of it was in the snapshot
+        assert _unsent_part(frame, 10) == (frame, 14)          # none of it was
+        trimmed, sent = _unsent_part(frame, 12)                 # half of it was
+        assert trimmed["data"] == "c&lt;" and sent == 14
+
+
+def read_stream(client, url, stop_after):
+    """Read a job's stream until `stop_after` events arrived; return them."""
+    response = client.get(url, buffered=False)
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    body, seen = "", []
+    chunks = iter(response.response)
+    first = next(chunks)
+    assert first.startswith(b":")  # a comment at once: headers and a first byte before any event
+    for chunk in chunks:
+        body += chunk.decode()
+        seen = list(parse_sse(sse_lines(body)))
+        if len(seen) >= stop_after:
+            break
+    response.close()
+    return seen
+
+
+def test_a_viewer_of_a_finished_job_gets_its_final_state_then_the_stream_ends(client):
+    job = client.post("/api/jobs", json={"request": "Tell me about flux"}).json
+    client.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
+    wait_for_jobs()
+    work = client.get(f"/api/jobs/{job['jobId']}").json["workInvoice"]
+    client.post(f"/api/dev/pay/{work['paymentHash']}")
+    wait_for_jobs()
+    seen = read_stream(client, job["streamUrl"], 2)
+    assert [e for e, _ in seen] == ["job_state", "job_complete"]
+    assert 'data-state="complete"' in seen[0][1] and "data-actual-msat" in seen[1][1]
+
+
+def test_a_viewer_joining_mid_job_gets_the_live_state_first(client, app):
+    job = client.post("/api/jobs", json={"request": "Tell me about flux"}).json
+    client.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
+    wait_for_jobs()
+    with app.test_request_context():
+        stored = db.session.get(Job, job["jobId"])
+        stored.state = "executing"
+        db.session.commit()
+        events.publish_progress(stored, tokens=1247, output_tokens=1200, msat=3801,
+                                text="Half an answer", start=0)
+    seen = read_stream(client, job["streamUrl"], 1)
+    card = seen[0][1]
+    assert 'data-tokens="1247"' in card and "~1,247 tokens · ~4 sats" in card
+    assert "Half an answer" in card
+
+
+def test_progress_is_published_with_absolute_figures_and_kept_for_late_viewers(app):
+    with app.test_request_context():
+        job = Job(visitor_id="v", request="r", model="timmy-demo", state="executing", input_tokens=10)
+        db.session.add(job)
+        db.session.commit()
+        pubsub = bus.subscriber()
+        pubsub.subscribe(events.channel(job))
+        events.publish_progress(job, tokens=12, output_tokens=2, msat=1500, text="Hi ", start=0)
+        events.publish_progress(job, tokens=13, output_tokens=3, msat=1600, text="<b>", start=3)
+        frames = []
+        while len(frames) < 4:
+            message = pubsub.get_message(timeout=5)
+            if message:
+                frames.append(json.loads(message["data"]))
+        pubsub.close()
+        assert [f["type"] for f in frames] == ["job_progress", "job_answer"] * 2
+        assert 'data-tokens="13"' in frames[2]["data"] and frames[3]["data"] == "&lt;b&gt;"
+        state = fragments.live.read(job)
+        assert (state.tokens, state.output_tokens, state.msat, state.text) == (13, 3, 1600, "Hi <b>")
