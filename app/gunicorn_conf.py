@@ -21,8 +21,8 @@ timeout = 60
 # Open streams make shutdown wait this long; Heroku sends SIGKILL 30 s after SIGTERM.
 graceful_timeout = 20
 
-# Heroku's router keeps connections alive for up to 90 s idle.
-keepalive = 75
+# Short keep-alive: an idle keep-alive connection holds a graceful stop until it times out.
+keepalive = 5
 
 # Logs go to stdout/stderr, where Heroku (and a terminal) collect them.
 accesslog = "-"

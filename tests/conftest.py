@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,10 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited:\n{self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                # A whole request, not a bare connect: a connection that never sends a request
+                # would hold gunicorn's graceful stop for its full timeout.
+                urllib.request.urlopen(f"{self.url}/static/workshop.css", timeout=1).close()
+                return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()}")
