@@ -33,6 +33,11 @@ def refund_sats(msat):
     return f"{pricing.display_refund_sats(msat):,}"
 
 
+def usd(amount):
+    """Format a USD amount with thousands separators: 100000.00 -> 100,000.00."""
+    return f"{amount:,}"
+
+
 def state_label(state):
     """Name a job state the way a visitor would."""
     return STATE_LABELS.get(state, state)
@@ -40,5 +45,5 @@ def state_label(state):
 
 def init_app(app):
     """Register the filters."""
-    for f in (thousands, sats, sats_tenths, refund_sats, state_label):
+    for f in (thousands, sats, sats_tenths, refund_sats, usd, state_label):
         app.add_template_filter(f)
