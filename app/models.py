@@ -84,6 +84,9 @@ class CostLedger(db.Model):
     refund_owed_msat = db.Column(db.BigInteger, nullable=False)
     input_tokens = db.Column(db.Integer, nullable=False)
     output_tokens = db.Column(db.Integer, nullable=False)
+    cache_read_tokens = db.Column(db.Integer, nullable=False, default=0)
+    cache_write_tokens = db.Column(db.Integer, nullable=False, default=0)
+    reasoning_tokens = db.Column(db.Integer, nullable=False, default=0)
     estimated_output_tokens = db.Column(db.Integer, nullable=False)
     usage_source = db.Column(db.String(16), nullable=False)  # "provider" or "estimate"
     btc_usd = db.Column(db.Numeric(18, 2), nullable=False)

@@ -41,10 +41,16 @@ def btc_usd_quote():
     return Decimal(current_app.config["BTC_USD"]), "fixed"
 
 
-def fee_usd(t, model, input_tokens, output_tokens):
-    """Return the fee in USD: (token cost + infra share) x (1 + margin)."""
+def fee_usd(t, model, input_tokens, output_tokens, cache_read_tokens=0, cache_write_tokens=0):
+    """Return the fee in USD: (token cost + infra share) x (1 + margin).
+
+    input_tokens are those billed at the full input rate; cached prompt tokens are priced at the
+    cache rates (the input rate where a model has none) and never also at the full rate.
+    """
     rates = t.rates(model)
-    token_cost = (input_tokens * rates["input"] + output_tokens * rates["output"]) / TOKENS_PER_MILLION
+    token_cost = (input_tokens * rates["input"] + output_tokens * rates["output"]
+                  + cache_read_tokens * rates.get("cache_read", rates["input"])
+                  + cache_write_tokens * rates.get("cache_write", rates["input"])) / TOKENS_PER_MILLION
     return (token_cost + t.infra_usd_per_request) * (1 + t.margin_pct / 100)
 
 
@@ -53,9 +59,10 @@ def usd_to_msat(usd, btc_usd):
     return int((Decimal(usd) * MSAT_PER_BTC / Decimal(btc_usd)).to_integral_value(ROUND_CEILING))
 
 
-def charge_msat(t, model, input_tokens, output_tokens, btc_usd):
+def charge_msat(t, model, input_tokens, output_tokens, btc_usd, cache_read_tokens=0, cache_write_tokens=0):
     """Return what the given usage costs the visitor, in msats (rounded up)."""
-    return usd_to_msat(fee_usd(t, model, input_tokens, output_tokens), btc_usd)
+    return usd_to_msat(fee_usd(t, model, input_tokens, output_tokens, cache_read_tokens,
+                               cache_write_tokens), btc_usd)
 
 
 def invoice_sats(msat):

@@ -79,18 +79,22 @@ def execute(job_id):
 
 def settle(job, progress, usage, error=None):
     """Write the cost ledger from the provider's usage (or our exact count) and end the job."""
-    if usage is not None:
-        input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "provider"
+    if usage is None:
+        # No usage reported: bill the Workshop's own exact count, and say so in the ledger.
+        usage, source = Usage(progress.input_tokens, progress.meter.tokens), "estimate"
     else:
-        input_tokens, output_tokens, source = progress.input_tokens, progress.meter.tokens, "estimate"
-    actual_msat = pricing.charge_msat(progress.tariff, job.model, input_tokens, output_tokens, job.btc_usd)
+        source = "provider"
+    actual_msat = pricing.charge_msat(progress.tariff, job.model, usage.input_tokens, usage.output_tokens,
+                                      job.btc_usd, usage.cache_read_tokens, usage.cache_write_tokens)
     work, eval_ = job.invoice("work"), job.invoice("eval")
     db.session.add(CostLedger(
         job_id=job.id, model=job.model, eval_fee_msat=eval_.amount_msat,
         estimated_msat=work.amount_msat, paid_msat=work.amount_msat, actual_msat=actual_msat,
         refund_owed_msat=pricing.refund_owed_msat(work.amount_msat, actual_msat),
-        input_tokens=input_tokens, output_tokens=output_tokens,
-        estimated_output_tokens=job.estimated_output_tokens, usage_source=source, btc_usd=job.btc_usd))
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens, estimated_output_tokens=job.estimated_output_tokens,
+        usage_source=source, btc_usd=job.btc_usd))
     if error:
         transition(job, "executing", "failed", result=progress.text, error_message=error)
     else:

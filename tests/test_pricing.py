@@ -76,3 +76,12 @@ def test_charge_is_monotonic_in_tokens_and_never_negative(i1, o1, i2, o2):
 def test_refund_is_whole_sats_never_more_than_overpaid(paid, actual):
     refund = pricing.refund_owed_msat(paid, actual)
     assert refund % 1000 == 0 and 0 <= refund <= max(0, paid - actual) < refund + 1000
+
+
+def test_cached_prompt_tokens_are_priced_at_cache_rates_and_not_twice():
+    t = pricing.Tariff({"c": {"input": Decimal("3"), "output": Decimal("15"), "cache_read": Decimal("0.30"),
+                              "cache_write": Decimal("3.75")}}, Decimal("0"), Decimal("0"))
+    # 1M uncached at $3 + 1M cache reads at $0.30 + 1M cache writes at $3.75 = $7.05
+    assert pricing.fee_usd(t, "c", 1_000_000, 0, 1_000_000, 1_000_000) == Decimal("7.05")
+    # a model without cache rates prices cached tokens at its input rate
+    assert pricing.fee_usd(TARIFF, "m", 0, 0, 1_000_000) == (Decimal("1") + Decimal("0.0005")) * Decimal("1.2")

@@ -19,8 +19,11 @@ class TextDelta:
 @dataclass(frozen=True)
 class Usage:
     """Token usage as the provider reports it; the latest report wins, never a sum."""
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int            # prompt tokens billed at the full input rate (no cached ones)
+    output_tokens: int           # completion tokens, hidden reasoning included
+    cache_read_tokens: int = 0   # prompt tokens read from the provider's cache
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's cache
+    reasoning_tokens: int = 0    # the part of output_tokens never shown as text
 
 
 def init_app(app):

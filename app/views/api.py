@@ -22,6 +22,8 @@ def ledger_json(ledger):
     return {
         "model": ledger.model, "usageSource": ledger.usage_source, "btcUsd": str(ledger.btc_usd),
         "inputTokens": ledger.input_tokens, "outputTokens": ledger.output_tokens,
+        "cacheReadTokens": ledger.cache_read_tokens, "cacheWriteTokens": ledger.cache_write_tokens,
+        "reasoningTokens": ledger.reasoning_tokens,
         "estimatedOutputTokens": ledger.estimated_output_tokens,
         "evalFeeSats": ledger.eval_fee_msat // pricing.MSAT_PER_SAT,
         "estimatedSats": ledger.estimated_msat // pricing.MSAT_PER_SAT,
