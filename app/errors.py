@@ -31,8 +31,11 @@ def respond(status, message):
 
 def handle_http(error):
     if isinstance(error, RateLimitExceeded):
-        return respond(429, f"Timmy can chat {error.limit.limit} — that's the free allowance. "
-                            "Take a breath and try again in a minute.")
+        if request.endpoint == "chat.chat":
+            return respond(429, f"Timmy can chat {error.limit.limit} — that's the free allowance. "
+                                "Take a breath and try again in a minute.")
+        return respond(429, f"That's more than this allows ({error.limit.limit}). "
+                            "Wait a moment and try again.")
     if isinstance(error, CSRFError):
         return respond(400, "The form had expired or was sent from elsewhere. Reload the page and try again.")
     message = error.description if error.description and error.description != type(error).description \

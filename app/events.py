@@ -40,7 +40,7 @@ class JobEvents(ServerSentEventsBlueprint):
                 pipe.publish(channel(job), json.dumps(frame))
             pipe.execute()
 
-    def stream_job(self, job):
+    def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
         pubsub = bus.subscriber()
         pubsub.subscribe(channel(job))  # before the snapshot, so nothing falls between the two
@@ -74,6 +74,7 @@ class JobEvents(ServerSentEventsBlueprint):
                         return
             finally:
                 pubsub.close()
+                on_close()
 
         return current_app.response_class(generate(), mimetype="text/event-stream", headers={
             "Cache-Control": "no-cache",

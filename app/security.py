@@ -1,13 +1,70 @@
 """CSRF for forms, an origin check for the JSON API, and rate limits kept in Redis."""
 from urllib.parse import urlsplit
 
-from flask import abort, request
+from flask import abort, current_app, request, session
 from flask_limiter import Limiter
 from flask_wtf.csrf import CSRFProtect
 
+from . import bus
+
 csrf = CSRFProtect()
-# Limits are keyed per visitor by each limit (see the views); storage is the app's Redis.
-limiter = Limiter(key_func=lambda: request.remote_addr or "unknown", default_limits=[])
+
+
+def visitor_key():
+    """Key a limit by visitor (signed session cookie), or by address for a cookieless client."""
+    return current_app.config["RATELIMIT_NAMESPACE"] + "visitor:" + (
+        session.get("visitor") or f"addr:{request.remote_addr}")
+
+
+def address_key():
+    # A visitor who drops their cookie gets a new identity; the address bounds that.
+    return current_app.config["RATELIMIT_NAMESPACE"] + "addr:" + (request.remote_addr or "unknown")
+
+
+limiter = Limiter(key_func=visitor_key, default_limits=[])
+
+
+def limit(setting):
+    """Return a limit decorator reading its rate from the app's config (per visitor and per address)."""
+    def per_visitor():
+        return current_app.config[setting]
+
+    def per_address():
+        return current_app.config[setting + "_PER_ADDRESS"]
+
+    def decorate(view):
+        view = limiter.limit(per_visitor, key_func=visitor_key)(view)
+        return limiter.limit(per_address, key_func=address_key)(view)
+    return decorate
+
+
+def stream_slot(visitor):
+    """Take one of the visitor's concurrent event-stream slots; return its release, or None if full."""
+    key, client = f"streams:{visitor}", bus.client()
+    with client.pipeline(transaction=True) as pipe:
+        count, _ = pipe.incr(key).expire(key, 3600).execute()  # slots of a killed worker expire
+    if count > current_app.config["MAX_STREAMS_PER_VISITOR"]:
+        client.decr(key)
+        return None
+    return lambda: client.decr(key)
+
+
+SECURITY_HEADERS = {
+    # Only our own files: no inline scripts or styles anywhere, htmx configured not to eval.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def add_security_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def same_origin_only():
@@ -31,4 +88,9 @@ def init_app(app):
     app.config.setdefault("RATELIMIT_STORAGE_URI", url.replace("unix://", "redis+unix://", 1)
                           if url.startswith("unix://") else url)
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    app.config.setdefault("RATELIMIT_NAMESPACE", "")  # apps sharing a Redis may keep apart
+    # Every visitor gets their id before any limit is checked, so limits key on it.
+    from .visitors import assign
+    app.before_request(assign)
     limiter.init_app(app)
+    app.after_request(add_security_headers)

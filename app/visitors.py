@@ -1,7 +1,7 @@
 """Visitors are anonymous: a random id in the signed session cookie is who they are."""
 import secrets
 
-from flask import abort, session
+from flask import abort, request, session
 
 from .models import Job, db
 
@@ -13,6 +13,12 @@ def current(create=True):
         visitor = session["visitor"] = secrets.token_urlsafe(16)
         session.permanent = True
     return visitor
+
+
+def assign():
+    """Give every visitor an id on their first request (static files aside)."""
+    if request.endpoint != "static":
+        current()
 
 
 def owned_job_or_404(job_id):

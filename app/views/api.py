@@ -2,7 +2,7 @@
 from flask import Blueprint, abort, jsonify, request, url_for
 
 from .. import jobs, pricing, visitors
-from ..security import same_origin_only
+from ..security import limit, same_origin_only
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 bp.before_request(same_origin_only)
@@ -51,6 +51,7 @@ def job_json(job):
 
 
 @bp.post("/jobs")
+@limit("JOB_RATE_LIMIT")
 def create_job():
     """Create a job: 201 with its eval invoice and where to stream it."""
     if not request.is_json:
@@ -70,6 +71,7 @@ def create_job():
 
 
 @bp.get("/jobs/<job_id>")
+@limit("READ_RATE_LIMIT")
 def get_job(job_id):
     """Return the job's current state."""
     return jsonify(job_json(jobs.expire_if_due(visitors.owned_job_or_404(job_id))))

@@ -3,18 +3,14 @@ from flask import Blueprint, current_app, render_template, request
 
 from .. import jobs, visitors
 from ..agent import TextDelta, get_agent
-from ..security import limiter
+from ..security import limit
 from .workshop import is_htmx, page_context
 
 bp = Blueprint("chat", __name__)
 
 
-def chat_limit():
-    return current_app.config["CHAT_RATE_LIMIT"]
-
-
 @bp.post("/chat")
-@limiter.limit(chat_limit, key_func=lambda: "chat:" + visitors.current())
+@limit("CHAT_RATE_LIMIT")
 def chat():
     """Answer a free-chat message."""
     text = request.form.get("message", "")

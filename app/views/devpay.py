@@ -4,7 +4,7 @@ from flask import Blueprint, abort, jsonify, redirect, url_for
 from .. import fragments, jobs, visitors
 from ..lightning import get_wallet
 from ..models import Invoice, db
-from ..security import same_origin_only
+from ..security import limit, same_origin_only
 from .workshop import is_htmx
 
 bp = Blueprint("devpay", __name__)
@@ -18,6 +18,7 @@ def _pay(payment_hash):
 
 
 @bp.post("/api/dev/pay/<payment_hash>")
+@limit("PAY_RATE_LIMIT")
 def api_pay(payment_hash):
     """Pay an invoice of the development wallet (JSON)."""
     job = _pay(payment_hash)
@@ -28,6 +29,7 @@ def api_pay(payment_hash):
 
 
 @bp.post("/dev/pay/<payment_hash>")
+@limit("PAY_RATE_LIMIT")
 def form_pay(payment_hash):
     """Pay from the job's "Pay with development wallet" button."""
     invoice = db.session.get(Invoice, payment_hash)

@@ -1,9 +1,10 @@
 """The Workshop page, a job's own page, job creation from the form, and a job's event stream."""
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from .. import fragments, jobs, visitors
 from ..events import sse
 from ..models import db
+from ..security import limit, stream_slot
 
 bp = Blueprint("workshop", __name__)
 
@@ -31,6 +32,7 @@ def index():
 
 
 @bp.post("/jobs")
+@limit("JOB_RATE_LIMIT")
 def create_job():
     """Create a job from the form: the job fragment for htmx, a redirect to its page otherwise."""
     text = request.form.get("request", "")
@@ -60,4 +62,7 @@ def job_events(job_id):
     """Stream the job's events to its owner."""
     job = jobs.expire_if_due(visitors.owned_job_or_404(job_id))
     db.session.rollback()
-    return sse.stream_job(job)
+    release = stream_slot(job.visitor_id)
+    if release is None:
+        abort(429, "Too many open live views of your jobs; close a tab and this one reconnects.")
+    return sse.stream_job(job, on_close=release)
