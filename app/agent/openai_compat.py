@@ -1,0 +1,67 @@
+"""Timmy on any OpenAI-compatible chat-completions API: OpenAI, OpenRouter, Ollama, vLLM, llama.cpp."""
+from urllib.parse import urlsplit
+
+import openai
+
+from . import ProviderError, TextDelta, Thinking, Usage
+from .remote import LOST, RemoteAgent, timeout
+
+OFFICIAL_HOST = "api.openai.com"
+# Where compatible servers put hidden reasoning: OpenRouter, Ollama and newer vLLM use
+# "reasoning"; DeepSeek and older vLLM use "reasoning_content".
+REASONING_FIELDS = ("reasoning", "reasoning_content")
+
+
+class OpenAIAgent(RemoteAgent):
+    sdk = openai
+
+    def __init__(self, config):
+        super().__init__(config)
+        base_url = config["PROVIDER_BASE_URL"]
+        host = urlsplit(base_url).hostname
+        self.official = host == OFFICIAL_HOST
+        # OpenAI's models count in o200k_base; a model on another server has its own tokenizer.
+        self.approximate_count = not self.official
+        self.label = f"Timmy on {self.model} ({'OpenAI' if self.official else host})"
+        self.client = openai.OpenAI(base_url=base_url, api_key=self.api_key(config, self.official),
+                                    max_retries=0, timeout=timeout(openai, self.stall_seconds))
+
+    def events(self, model, system, user, max_tokens):
+        """Yield TextDelta, Thinking and Usage from one streamed chat completion."""
+        # OpenAI's reasoning models refuse max_tokens; compatible servers mostly know only it.
+        limit = {"max_completion_tokens" if self.official else "max_tokens": max_tokens}
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        usage, finished, spoke = None, False, False
+        with self.client.chat.completions.create(
+                model=model, messages=messages, stream=True,
+                stream_options={"include_usage": True}, **limit) as chunks:
+            for chunk in chunks:
+                usage = chunk.usage or usage
+                for choice in chunk.choices or ():  # the final usage chunk has no choices
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        spoke = True
+                        yield TextDelta(delta.content)
+                    elif delta is not None and not spoke and _reasoning(delta):
+                        yield Thinking()
+                    finished = finished or choice.finish_reason is not None
+        if not finished:  # the body ended cleanly but the answer did not
+            raise ProviderError(LOST)
+        if usage is not None:  # servers that ignore include_usage leave the count to the Workshop
+            yield _usage(usage)
+
+
+def _reasoning(delta):
+    extra = delta.model_extra or {}
+    return any(isinstance(extra.get(name), str) and extra[name] for name in REASONING_FIELDS)
+
+
+def _usage(reported):
+    """Return Usage from chat-completions usage: cached prompt tokens are not billed twice."""
+    prompt = getattr(reported, "prompt_tokens_details", None)
+    completion = getattr(reported, "completion_tokens_details", None)
+    cached = (getattr(prompt, "cached_tokens", None) or 0) if prompt else 0
+    reasoning = (getattr(completion, "reasoning_tokens", None) or 0) if completion else 0
+    return Usage(input_tokens=max(0, (reported.prompt_tokens or 0) - cached),
+                 output_tokens=reported.completion_tokens or 0,  # reasoning is already inside
+                 cache_read_tokens=cached, reasoning_tokens=reasoning)
