@@ -101,4 +101,9 @@ def from_environment():
         "READ_RATE_LIMIT": os.environ.get("READ_RATE_LIMIT", "120 per minute"),
         "READ_RATE_LIMIT_PER_ADDRESS": os.environ.get("READ_RATE_LIMIT_PER_ADDRESS", "1200 per minute"),
         "MAX_STREAMS_PER_VISITOR": _int("MAX_STREAMS_PER_VISITOR", 6),
+        # Apps sharing one Redis keep their rate-limit counters apart with a namespace.
+        "RATELIMIT_NAMESPACE": os.environ.get("RATELIMIT_NAMESPACE", ""),
+        # Behind Heroku's router (one proxy hop) set 1, so limits see visitors' addresses, not
+        # the router's. Never more hops than there really are: the header is forgeable.
+        "TRUSTED_PROXY_HOPS": _int("TRUSTED_PROXY_HOPS", 0),
     }

@@ -53,12 +53,17 @@ class JobEvents(ServerSentEventsBlueprint):
                 yield ": connected\nretry: 2000\n\n"
                 job = db.session.get(Job, job_id, populate_existing=True)
                 ctx = fragments.job_context(job)
-                db.session.rollback()  # hold no database transaction for the stream's lifetime
-                yield str(Frame(fragments.card(job, ctx), type="job_state"))
+                snapshot = [Frame(fragments.card(job, ctx), type="job_state")]
                 if job.is_final:
-                    yield str(Frame(fragments.final_panel(job), type="job_complete"))
+                    snapshot.append(Frame(fragments.final_panel(job), type="job_complete"))
+                final, sent = job.is_final, ctx["sent_chars"]
+                # Render first, then end the transaction: a stream must hold no database
+                # connection for its lifetime, or a few viewers would drain the pool.
+                db.session.rollback()
+                for frame in snapshot:
+                    yield str(frame)
+                if final:
                     return
-                sent = ctx["sent_chars"]
                 while True:
                     message = pubsub.get_message(timeout=heartbeat)
                     if message is None:
@@ -96,6 +101,16 @@ def _unsent_part(frame, sent):
 sse = JobEvents("events", __name__)
 
 
+def request_stop(job):
+    """Ask whichever process runs the job to stop it (it checks at every ticker tick)."""
+    bus.client().set(f"job:{job.channel}:stop", 1, ex=3600)
+
+
+def stop_requested(job):
+    """Tell whether the visitor asked to stop the job."""
+    return bool(bus.client().exists(f"job:{job.channel}:stop"))
+
+
 def channel(job):
     """Return the job's Redis channel: named by a random secret, not by the job id."""
     return f"job:{job.channel}"
@@ -109,9 +124,9 @@ def publish_state(job):
     sse.publish_frames(job, frames)
 
 
-def publish_progress(job, *, tokens, output_tokens, msat, text, start):
+def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False):
     """Publish a ticker frame (absolute figures) and any new answer text."""
-    figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat}
+    figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),

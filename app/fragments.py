@@ -8,10 +8,11 @@ from .lightning import is_dev_wallet
 def ticker_figures(job, state=None):
     """Return the ticker's absolute figures: from the live state, or the input alone before any frame."""
     if state is not None:
-        return {"tokens": state.tokens, "output_tokens": state.output_tokens, "msat": state.msat}
+        return {"tokens": state.tokens, "output_tokens": state.output_tokens, "msat": state.msat,
+                "thinking": state.thinking}
     input_tokens = job.input_tokens or 0
     msat = pricing.charge_msat(pricing.tariff(), job.model, input_tokens, 0, job.btc_usd)
-    return {"tokens": input_tokens, "output_tokens": 0, "msat": msat}
+    return {"tokens": input_tokens, "output_tokens": 0, "msat": msat, "thinking": 0}
 
 
 def job_context(job):
@@ -40,10 +41,10 @@ def final_panel(job):
     return render_template("fragments/final.html", job=job, ledger=job.ledger)
 
 
-def ticker(job, *, tokens, output_tokens, msat):
+def ticker(job, *, tokens, output_tokens, msat, thinking=0):
     """Render one ticker frame from absolute figures."""
     return render_template("fragments/ticker.html", job=job, tokens=tokens,
-                           output_tokens=output_tokens, msat=msat)
+                           output_tokens=output_tokens, msat=msat, thinking=thinking)
 
 
 def answer_chunk(text):

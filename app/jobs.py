@@ -134,8 +134,9 @@ def spawn(fn, *args):
                 fn(*args)
             finally:
                 db.session.remove()
+                if running.get(args[0]) is gevent.getcurrent():
+                    del running[args[0]]
 
     greenlet = gevent.spawn(run)
     running[args[0]] = greenlet
-    greenlet.link(lambda gl: running.pop(args[0], None) if running.get(args[0]) is gl else None)
     return greenlet

@@ -11,6 +11,7 @@ class LiveState:
     tokens: int
     output_tokens: int
     msat: int
+    thinking: int
     text: str
 
 
@@ -18,10 +19,11 @@ def _keys(job):
     return f"job:{job.channel}:figures", f"job:{job.channel}:text"
 
 
-def write(pipe, job, *, tokens, output_tokens, msat, text):
+def write(pipe, job, *, tokens, output_tokens, msat, thinking, text):
     """Queue the absolute figures and the new text on a Redis pipeline."""
     figures, text_key = _keys(job)
-    pipe.hset(figures, mapping={"tokens": tokens, "output_tokens": output_tokens, "msat": msat})
+    pipe.hset(figures, mapping={"tokens": tokens, "output_tokens": output_tokens, "msat": msat,
+                                "thinking": thinking})
     pipe.append(text_key, text.encode("utf-8"))
     pipe.expire(figures, TTL_SECONDS)
     pipe.expire(text_key, TTL_SECONDS)
@@ -35,4 +37,4 @@ def read(job):
     if not values:
         return None
     return LiveState(int(values[b"tokens"]), int(values[b"output_tokens"]), int(values[b"msat"]),
-                     (text or b"").decode("utf-8"))
+                     int(values.get(b"thinking", 0)), (text or b"").decode("utf-8"))

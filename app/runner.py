@@ -6,12 +6,16 @@ import gevent.event
 from flask import copy_current_request_context, current_app
 
 from . import events, pricing
-from .agent import TextDelta, Usage, get_agent
+from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
 from .models import CostLedger, Job, db
 
 log = logging.getLogger(__name__)
+
+
+class StopJob(gevent.GreenletExit):
+    """The visitor pressed Stop. A BaseException, so no provider code mistakes it for an error."""
 
 
 class Progress:
@@ -24,6 +28,7 @@ class Progress:
         self.text = ""
         self.sent = 0  # characters of text already published
         self.tariff = pricing.tariff()
+        self.thinking = False  # hidden reasoning reported while no text has arrived
         self.done = gevent.event.Event()
 
     def add(self, delta):
@@ -36,14 +41,17 @@ class Progress:
                                    self.job.btc_usd)
         start, self.sent = self.sent, len(self.text)
         events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
-                                output_tokens=output_tokens, msat=msat,
+                                output_tokens=output_tokens, msat=msat, thinking=self.thinking,
                                 text=self.text[start:], start=start)
 
-    def flush_every(self, interval):
-        """Flush at most once per interval while something new has arrived."""
+    def flush_every(self, interval, runner):
+        """Flush at most once per interval while something new has arrived; pass on a Stop."""
         last = None
         while not self.done.wait(interval):
-            mark = (len(self.text), self.meter.tokens)
+            if events.stop_requested(self.job):
+                runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
+                return
+            mark = (len(self.text), self.meter.tokens, self.thinking)
             if mark != last:
                 self.flush()
                 last = mark
@@ -57,14 +65,23 @@ def execute(job_id):
     progress.flush()  # the ticker starts at the input tokens at once
     # The ticker runs in its own greenlet, which starts with no context of its own.
     ticker = gevent.spawn(copy_current_request_context(progress.flush_every),
-                          1 / current_app.config["TICKER_MAX_FPS"])
-    usage, error = None, None
+                          1 / current_app.config["TICKER_MAX_FPS"], gevent.getcurrent())
+    usage, error, note = None, None, None
+    # The visitor paid for the estimate; a little headroom lets an answer finish its sentence.
+    cap = int(job.estimated_output_tokens * 1.25) + 16
     try:
-        for item in agent.stream(job.request):
+        for item in agent.stream(job.request, max_tokens=cap):
             if isinstance(item, TextDelta):
                 progress.add(item.text)
+                progress.thinking = False
+            elif isinstance(item, Thinking):
+                progress.thinking = not progress.text
             elif isinstance(item, Usage):
                 usage = item  # cumulative: the latest report wins
+    except StopJob:
+        note = "You stopped Timmy; you pay only for what he wrote."
+    except ProviderError as failure:
+        error = f"{failure} You are charged only for what was produced."
     except Exception:
         log.exception("job %s failed while streaming", job_id)
         error = "Timmy stopped before finishing the answer. You are charged only for what was produced."
@@ -73,13 +90,17 @@ def execute(job_id):
         progress.done.set()
         ticker.join()
     progress.text += progress.meter.finish()
+    progress.thinking = False
     progress.flush()  # the last frame is always delivered
-    settle(job, progress, usage, error)
+    settle(job, progress, usage, error, note)
 
 
-def settle(job, progress, usage, error=None):
+def settle(job, progress, usage, error=None, note=None):
     """Write the cost ledger from the provider's usage (or our exact count) and end the job."""
-    if usage is None:
+    if usage is None and error and not progress.text:
+        # Failed before the first token: providers bill nothing for that, and neither do we.
+        usage, source = Usage(0, 0), "estimate"
+    elif usage is None:
         # No usage reported: bill the Workshop's own exact count, and say so in the ledger.
         usage, source = Usage(progress.input_tokens, progress.meter.tokens), "estimate"
     else:
@@ -98,4 +119,4 @@ def settle(job, progress, usage, error=None):
     if error:
         transition(job, "executing", "failed", result=progress.text, error_message=error)
     else:
-        transition(job, "executing", "complete", result=progress.text)
+        transition(job, "executing", "complete", result=progress.text, reason=note or job.reason)

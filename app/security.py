@@ -4,6 +4,7 @@ from urllib.parse import urlsplit
 from flask import abort, current_app, request, session
 from flask_limiter import Limiter
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import bus
 
@@ -88,9 +89,11 @@ def init_app(app):
     app.config.setdefault("RATELIMIT_STORAGE_URI", url.replace("unix://", "redis+unix://", 1)
                           if url.startswith("unix://") else url)
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
-    app.config.setdefault("RATELIMIT_NAMESPACE", "")  # apps sharing a Redis may keep apart
     # Every visitor gets their id before any limit is checked, so limits key on it.
     from .visitors import assign
     app.before_request(assign)
     limiter.init_app(app)
     app.after_request(add_security_headers)
+    hops = app.config["TRUSTED_PROXY_HOPS"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)

@@ -68,6 +68,7 @@ def wait_for_jobs():
     while jobs.running:
         for greenlet in list(jobs.running.values()):
             greenlet.join(timeout=30)
+            assert greenlet.dead, "a job greenlet did not finish"
 
 
 def free_port():
@@ -85,7 +86,8 @@ class LiveServer:
         self.log = tmp_path / f"gunicorn-{self.port}.log"
         self.env = {**os.environ, "PORT": str(self.port), "REDIS_URL": redis_url,
                     "DATABASE_URL": f"sqlite:///{tmp_path / f'live-{self.port}.sqlite3'}",
-                    "SECRET_KEY": "live-test-secret", "DEMO_TOKENS_PER_SECOND": "200", **env}
+                    "SECRET_KEY": "live-test-secret", "DEMO_TOKENS_PER_SECOND": "200",
+                    "RATELIMIT_NAMESPACE": secrets.token_hex(6), **env}
         self.process = None
 
     def start(self):

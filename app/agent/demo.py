@@ -65,12 +65,13 @@ class DemoAgent:
             estimate //= 2
         return Evaluation(True, "Looks like a job Timmy can do.", estimate)
 
-    def stream(self, request, target_tokens=None):
+    def stream(self, request, max_tokens=None):
         """Yield the answer as small text deltas at the configured pace, then the usage."""
         rng = random.Random(zlib.crc32(request.encode("utf-8", "replace")))
-        if target_tokens is None:
-            estimate = self.evaluate(request).estimated_output_tokens or 200
-            target_tokens = int(estimate * rng.uniform(0.7, 1.0))
+        estimate = self.evaluate(request).estimated_output_tokens or 200
+        target_tokens = int(estimate * rng.uniform(0.7, 1.0))
+        if max_tokens is not None:
+            target_tokens = min(target_tokens, max_tokens)
         text = self._compose(request, target_tokens, rng)
         for piece in re.findall(r"\S*\s*", text):
             if not piece:

@@ -15,6 +15,8 @@ def init_app(app):
         app.register_blueprint(devpay.bp)
 
     @app.context_processor
-    def agent_label():
+    def agent_facts():
         from ..agent import get_agent
-        return {"agent_label": get_agent().label}
+        agent = get_agent()
+        return {"agent_label": agent.label,
+                "agent_approximate": getattr(agent, "approximate_count", False)}

@@ -1,0 +1,256 @@
+"""The Workshop in a real Chromium (Debian's), driven by Playwright against a live gunicorn."""
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import LiveServer
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the browser tests skip, saying why
+    expect = sync_playwright = None
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+TICKER_TEXT = re.compile(r"^(Timmy is thinking… · )?~([\d,]+) tokens · ~([\d,]+) sats?$")
+FINAL_TEXT = re.compile(r"^Estimated: ([\d,]+) sats · Actual: ([\d,]+\.\d) sats")
+WAIT = 30_000  # ms: generous, never a timing assertion
+
+# Runs in every document before its scripts: records each distinct ticker frame and answer text
+# the page shows, and whether an <img> or <script> ever appeared inside a job.
+RECORDER = """
+window.__tickers = []; window.__answers = []; window.__foreign = false;
+new MutationObserver(() => {
+  const t = document.querySelector('.ticker'), a = document.querySelector('.answer');
+  const last = window.__tickers[window.__tickers.length - 1];
+  if (t && (!last || last.text !== t.textContent || last.tokens !== +t.dataset.tokens))
+    window.__tickers.push({text: t.textContent, tokens: +t.dataset.tokens,
+                           output: +t.dataset.outputTokens, msat: +t.dataset.msat});
+  if (a && a.textContent !== window.__answers[window.__answers.length - 1])
+    window.__answers.push(a.textContent);
+  if (document.querySelector('.job img, .job script')) window.__foreign = true;
+}).observe(document, {childList: true, subtree: true, characterData: true, attributes: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    if sync_playwright is None:
+        pytest.skip("the playwright package is missing (pip install -e '.[test]')")
+    expect.set_options(timeout=WAIT)
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=executable, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"])
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+def serve(tmp_path_factory, redis_url, tokens_per_second):
+    return LiveServer(tmp_path_factory.mktemp("live"), redis_url,
+                      DEMO_TOKENS_PER_SECOND=str(tokens_per_second)).start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, redis_url):
+    server = serve(tmp_path_factory, redis_url, 60)
+    yield server
+    server.stop()
+
+
+@contextmanager
+def visitor(browser, server, **options):
+    """A page for a fresh visitor (a cookie session of their own), with the recorder installed."""
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900},
+                                  **options)
+    try:
+        context.set_default_timeout(WAIT)
+        context.add_init_script(RECORDER)
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with visitor(browser, server) as page:
+        yield page
+
+
+def submit_job(page, text):
+    page.goto("/")
+    page.fill("#job-request", text)
+    page.get_by_role("button", name="Ask Timmy · 10 sats to evaluate").click()
+    job = page.locator("section.job[sse-connect]")
+    expect(job).to_be_visible()
+    return job.get_attribute("id").removeprefix("job-")
+
+
+def pay(page, next_state):
+    page.locator(".invoice").get_by_role("button", name="Pay with development wallet").click()
+    expect(page.locator(".job-card")).to_have_attribute("data-state", next_state)
+
+
+def pay_both(page):
+    card = page.locator(".job-card")
+    expect(card).to_have_attribute("data-state", "awaiting_eval_payment")
+    expect(page.locator(".invoice textarea.bolt11")).to_have_value(re.compile(r"^lnbcrt\w+$"))
+    expect(page.locator('.invoice a[href^="lightning:lnbcrt"]')).to_be_visible()
+    pay(page, "awaiting_work_payment")
+    expect(page.locator("dl.breakdown")).to_be_visible()
+    expect(page.locator(".invoice")).to_have_count(1)
+    page.evaluate("window.__tickers = []; window.__answers = []")
+    pay(page, "executing")
+    expect(page.locator(".indicator")).to_have_text("Timmy is working")
+
+
+def api_job(page, job_id):
+    response = page.request.get(f"/api/jobs/{job_id}")
+    assert response.ok, response.text()
+    return response.json()
+
+
+def wait_for_tickers(page, count):
+    """Wait for count recorded ticker frames (polled: the page's CSP forbids eval)."""
+    for _ in range(WAIT // 100):
+        if page.evaluate("window.__tickers.length") >= count:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"fewer than {count} ticker frames: {recorded(page)[0]}")
+
+
+def recorded(page):
+    return page.evaluate("[window.__tickers, window.__answers]")
+
+
+def assert_frames_sound(tickers, answers, result):
+    """Every ticker frame is well formed and never goes back; every answer shown is a prefix."""
+    for frame in tickers:
+        match = TICKER_TEXT.match(frame["text"])
+        assert match and match.group(2) == f"{frame['tokens']:,}", frame
+        assert match.group(3) == "1" or frame["text"].endswith(" sats"), frame
+        assert 0 <= frame["output"] < frame["tokens"] and frame["msat"] > 0, frame
+    tokens = [frame["tokens"] for frame in tickers]
+    assert tokens == sorted(tokens), f"data-tokens went down: {tokens}"
+    for shown in answers:
+        assert result.startswith(shown), f"text shown is not the answer's: {shown[-200:]!r}"
+
+
+def finish(page, job_id):
+    """Wait for the final panel; check it against the API and the page's answer. Return the job."""
+    final = page.locator(".final:not([hidden])")
+    expect(final).to_be_visible(timeout=90_000)
+    expect(page.locator(".job-card")).to_have_attribute("data-state", "complete")
+    expect(page.locator(".ticker")).to_have_count(0)
+    job = api_job(page, job_id)
+    ledger = job["costLedger"]
+    assert job["state"] == "complete" and job["result"]
+    figures = final.locator(".final-figures").text_content()
+    match = FINAL_TEXT.match(figures)
+    assert match, figures
+    assert match.groups() == (f"{ledger['estimatedSats']:,}", ledger["actualSats"]), figures
+    assert int(final.get_attribute("data-estimated-sat")) == ledger["estimatedSats"]
+    assert int(final.get_attribute("data-actual-msat")) == ledger["actualMsat"]
+    assert int(final.get_attribute("data-output-tokens")) == ledger["outputTokens"]
+    assert page.locator(".answer").text_content() == job["result"]
+    return job
+
+
+def test_job_streams_with_a_live_ticker_then_settles(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    job_id = submit_job(page, "Plan a weekend soldering workshop for beginners, with a kit list.")
+    pay_both(page)
+    wait_for_tickers(page, 12)  # a few seconds in, for the screenshot
+    expect(page.locator(".ticker")).to_have_text(TICKER_TEXT)
+    page.screenshot(path=ARTIFACTS / "ticker.png")
+    job = finish(page, job_id)
+    page.screenshot(path=ARTIFACTS / "final.png")
+    tickers, answers = recorded(page)
+    changes = sum(a["text"] != b["text"] for a, b in zip(tickers, tickers[1:]))
+    assert changes >= 3, tickers
+    assert_frames_sound(tickers, answers, job["result"])
+    assert tickers[-1]["output"] <= job["costLedger"]["outputTokens"]
+
+
+def test_free_chat_has_no_ticker_and_a_friendly_limit(page):
+    streams = []
+    page.on("request", lambda r: r.resource_type == "eventsource" and streams.append(r.url))
+    page.goto("/")
+    log = page.locator("#chat-log")
+    send = page.locator(".chat-form").get_by_role("button", name="Send")
+    for n in range(1, 4):
+        page.fill("#chat-input", f"Hello Timmy, message {n}")
+        send.click()
+        expect(log.locator(".chat-exchange")).to_have_count(n)
+        reply = log.locator(".chat-timmy").last
+        expect(reply).to_contain_text(f"You said “Hello Timmy, message {n}”")
+        expect(page.locator("#chat-input")).to_have_value("")
+    expect(page.locator(".chat .ticker")).to_have_count(0)
+    assert streams == [], f"chat opened event streams: {streams}"
+    page.fill("#chat-input", "One more, please")
+    send.click()
+    expect(log).to_contain_text("free allowance")
+    expect(log.locator(".chat-exchange")).to_have_count(3)
+    expect(page.get_by_role("heading", name="Give Timmy a job.")).to_be_visible()
+    assert streams == []
+
+
+def test_reload_mid_stream_resumes_without_doubling(browser, tmp_path_factory, redis_url):
+    slow = serve(tmp_path_factory, redis_url, 40)
+    try:
+        with visitor(browser, slow) as page:
+            job_id = submit_job(page, "Write a careful guide to setting up a small electronics "
+                                      "bench at home: tools, power, safety, lighting, storage, "
+                                      "and a first project.")
+            pay_both(page)
+            wait_for_tickers(page, 3)
+            before, answers_before = recorded(page)
+            page.reload()
+            expect(page).to_have_url(re.compile(f"/jobs/{job_id}$"))
+            expect(page.locator(".ticker")).to_be_visible()
+            first = recorded(page)[0][0]  # the ticker as the reloaded page was served
+            assert first["tokens"] >= before[-1]["tokens"], (before[-1], first)
+            job = finish(page, job_id)
+            after, answers_after = recorded(page)
+            assert_frames_sound(before, answers_before, job["result"])
+            assert_frames_sound(after, answers_after, job["result"])
+    finally:
+        slow.stop()
+
+
+def test_job_works_without_javascript(browser, server):
+    with visitor(browser, server, java_script_enabled=False) as page:
+        page.goto("/")
+        page.fill("#job-request", "A short checklist for a tidy workbench.")
+        page.get_by_role("button", name="Ask Timmy · 10 sats to evaluate").click()
+        expect(page).to_have_url(re.compile(r"/jobs/[\w-]+$"))
+        job_id = page.url.rsplit("/", 1)[1]
+        expect(page.locator('meta[http-equiv="refresh"]')).to_have_count(1)
+        pay_button = page.get_by_role("button", name="Pay with development wallet")
+        pay_button.click()  # a plain form post, answered with a 303 to the job page
+        expect(page.locator(".job-card")).to_have_attribute("data-state", "awaiting_work_payment")
+        expect(page.locator("dl.breakdown")).to_be_visible()
+        pay_button.click()
+        finish(page, job_id)  # reached by the noscript refresh alone
+        expect(page.locator('meta[http-equiv="refresh"]')).to_have_count(0)
+
+
+def test_markup_in_a_request_stays_text(page):
+    markup = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script>'
+    job_id = submit_job(page, markup)
+    expect(page.locator("blockquote.request")).to_have_text(markup)
+    pay_both(page)
+    job = finish(page, job_id)
+    expect(page.locator(".answer")).to_contain_text(markup)
+    assert markup in job["result"]
+    assert page.evaluate("[typeof window.__pwned, window.__foreign]") == ["undefined", False]
+    page.goto(f"/jobs/{job_id}")  # and as the server renders it
+    expect(page.locator(".answer")).to_contain_text(markup)
+    assert page.evaluate("[typeof window.__pwned, window.__foreign]") == ["undefined", False]
