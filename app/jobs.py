@@ -7,7 +7,7 @@ from flask import current_app, g
 from sqlalchemy import update
 
 from . import events, pricing
-from .agent import get_agent
+from .agent import ProviderError, get_agent
 from .lightning import get_wallet
 from .metering import count_tokens
 from .models import Invoice, Job, db, utcnow
@@ -108,17 +108,19 @@ def evaluate(job_id):
             return
         input_tokens = count_tokens(agent.prompt(job.request))
         btc_usd, _source = pricing.btc_usd_quote()
-        quote = pricing.quote(pricing.tariff(), job.model, input_tokens,
-                              verdict.estimated_output_tokens, btc_usd)
+        # Never quote more output than the model may write.
+        estimate = min(verdict.estimated_output_tokens, current_app.config["MAX_OUTPUT_TOKENS"])
+        quote = pricing.quote(pricing.tariff(), job.model, input_tokens, estimate, btc_usd)
         _add_invoice(job, "work", quote["amountSats"] * pricing.MSAT_PER_SAT, "Timmy's Workshop: the job")
         transition(job, "evaluating", "awaiting_work_payment", reason=verdict.reason,
-                   input_tokens=input_tokens, estimated_output_tokens=verdict.estimated_output_tokens,
+                   input_tokens=input_tokens, estimated_output_tokens=estimate,
                    btc_usd=btc_usd)
-    except Exception:
+    except Exception as error:
         log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
-        transition(job, "evaluating", "failed", error_message="Timmy could not evaluate the request. "
-                   "The evaluation fee is not refunded automatically; contact the operator.")
+        reason = str(error) if isinstance(error, ProviderError) else "Timmy could not evaluate the request."
+        transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is not "
+                   "refunded automatically; contact the operator.")
 
 
 def spawn(fn, *args):

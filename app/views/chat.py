@@ -2,7 +2,7 @@
 from flask import Blueprint, current_app, render_template, request
 
 from .. import jobs, visitors
-from ..agent import TextDelta, get_agent
+from ..agent import ProviderError, TextDelta, get_agent
 from ..security import limit
 from .workshop import is_htmx, page_context
 
@@ -21,7 +21,13 @@ def chat():
             return render_template("fragments/chat_notice.html", message=str(error)), error.status
         return render_template("workshop.html", **page_context(
             visitors.latest_job(), chat_error=str(error))), error.status
-    reply = "".join(item.text for item in get_agent().chat(message) if isinstance(item, TextDelta))
+    try:
+        reply = "".join(item.text for item in get_agent().chat(message) if isinstance(item, TextDelta))
+    except ProviderError as error:
+        if is_htmx():
+            return render_template("fragments/chat_notice.html", message=str(error)), 502
+        return render_template("workshop.html", **page_context(
+            visitors.latest_job(), chat_error=str(error))), 502
     exchange = {"message": message, "reply": reply}
     if is_htmx():
         # The exchange joins the log; an out-of-band swap empties the input for the next message.
