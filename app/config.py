@@ -78,6 +78,8 @@ def from_environment():
         "PROVIDER_STALL_SECONDS": _decimal("PROVIDER_STALL_SECONDS", "30"),
         # The longest answer a job may produce: the quote's ceiling and the provider's max_tokens.
         "MAX_OUTPUT_TOKENS": _int("MAX_OUTPUT_TOKENS", 4096),
+        # The work model's context window: prompt plus MAX_OUTPUT_TOKENS must fit in it.
+        "MODEL_CONTEXT_TOKENS": _int("MODEL_CONTEXT_TOKENS", 128000),
         "DEMO_TOKENS_PER_SECOND": _decimal("DEMO_TOKENS_PER_SECOND", "30"),
         "WALLET": os.environ.get("WALLET", "dev"),
         "EVAL_FEE_SATS": _int("EVAL_FEE_SATS", 10),

@@ -43,8 +43,13 @@ def clean_request(text, limit):
 def create_job(visitor_id, request_text):
     """Create a job and its eval invoice in one transaction."""
     text = clean_request(request_text, current_app.config["MAX_REQUEST_CHARS"])
+    agent = get_agent()
+    # The prompt and the longest answer must fit the model's context, or the job can't be done.
+    room = current_app.config["MODEL_CONTEXT_TOKENS"] - current_app.config["MAX_OUTPUT_TOKENS"]
+    if count_tokens(agent.prompt(text)) > room:
+        raise JobError(f"The request is too long for Timmy's model: at most about {room:,} tokens.", 413)
     fee_msat = current_app.config["EVAL_FEE_SATS"] * pricing.MSAT_PER_SAT
-    job = Job(visitor_id=visitor_id, request=text, model=get_agent().model)
+    job = Job(visitor_id=visitor_id, request=text, model=agent.model)
     _add_invoice(job, "eval", fee_msat, "Timmy's Workshop: evaluation fee")
     db.session.add(job)
     db.session.commit()
