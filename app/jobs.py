@@ -93,6 +93,13 @@ def on_payment(payment_hash):
     return job
 
 
+def request_stop(job):
+    """Ask for the job to be stopped mid-answer; only an executing job can be."""
+    if job.state != "executing":
+        raise JobError("Timmy isn't working on this job, so there is nothing to stop.", 409)
+    events.request_stop(job)
+
+
 def expire_if_due(job):
     """End a job whose open invoice has expired unpaid."""
     kind = {"awaiting_eval_payment": "eval", "awaiting_work_payment": "work"}.get(job.state)

@@ -5,7 +5,6 @@ HTTP chunk, optionally split into two TCP sends mid-chunk), Sleep (a stall) and 
 connection dropped without ending the chunked body). anthropic_frames() and openai_frames() build
 the frames a real provider sends, so a test can cut, reorder or corrupt them.
 """
-import itertools
 import json
 import socket
 import threading

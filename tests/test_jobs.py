@@ -3,7 +3,7 @@ import bolt11
 import pytest
 
 from app import lightning
-from app.models import CostLedger, Invoice, Job, db
+from app.models import Invoice, Job, db
 
 from conftest import wait_for_jobs
 

@@ -1,7 +1,7 @@
 """The JSON API, mirroring the original Workshop, for scripts and agents (same cookie session)."""
 from flask import Blueprint, abort, jsonify, request, url_for
 
-from .. import events, jobs, pricing, visitors
+from .. import jobs, pricing, visitors
 from ..security import limit, same_origin_only
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -75,9 +75,10 @@ def create_job():
 def stop_job(job_id):
     """Stop a job mid-answer: 202, and the job completes with what was written so far."""
     job = visitors.owned_job_or_404(job_id)
-    if job.state != "executing":
-        abort(409, "The job is not executing, so there is nothing to stop.")
-    events.request_stop(job)
+    try:
+        jobs.request_stop(job)
+    except jobs.JobError as error:
+        abort(error.status, str(error))
     return jsonify({"jobId": job.id, "state": job.state, "stopping": True}), 202
 
 

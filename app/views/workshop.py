@@ -1,7 +1,7 @@
 """The Workshop page, a job's own page, job creation from the form, and a job's event stream."""
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
-from .. import events, fragments, jobs, visitors
+from .. import fragments, jobs, visitors
 from ..events import sse
 from ..models import db
 from ..security import limit, stream_slot
@@ -62,9 +62,10 @@ def job_page(job_id):
 def stop_job(job_id):
     """Stop Timmy mid-answer: the provider is cancelled and only what was written is charged."""
     job = visitors.owned_job_or_404(job_id)
-    if job.state != "executing":
-        abort(409, "Timmy isn't working on this job, so there is nothing to stop.")
-    events.request_stop(job)
+    try:
+        jobs.request_stop(job)
+    except jobs.JobError as error:
+        abort(error.status, str(error))
     if is_htmx():
         return "", 204  # the final panel arrives over the job's event stream
     return redirect(url_for("workshop.job_page", job_id=job.id), 303)
