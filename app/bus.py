@@ -62,7 +62,8 @@ def init_app(app):
     # redis-py's default pool raises once it runs out; a blocking pool makes a burst of
     # publishers wait their turn instead of failing.
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=app.config["REDIS_POOL_SIZE"], timeout=10)
+        url, max_connections=app.config["REDIS_POOL_SIZE"], timeout=10,
+        client_name=f"workshop-{os.getpid()}")  # so CLIENT LIST tells whose connections they are
     app.extensions["redis"] = redis.Redis(connection_pool=pool)
 
 
@@ -70,7 +71,3 @@ def client():
     """Return the app's pooled Redis client."""
     return current_app.extensions["redis"]
 
-
-def subscriber():
-    """Return a pubsub on its own connection, outside the pool: a viewer holds it for minutes."""
-    return redis.Redis.from_url(current_app.config["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)

@@ -6,10 +6,10 @@ comment and a heartbeat, exact framing, and a snapshot of the current state on (
 """
 import json
 
-from flask import current_app, stream_with_context
+from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
-from . import bus, fragments, live
+from . import bus, fanout, fragments, live
 from .models import Job, db
 
 
@@ -42,8 +42,14 @@ class JobEvents(ServerSentEventsBlueprint):
 
     def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
-        pubsub = bus.subscriber()
-        pubsub.subscribe(channel(job))  # before the snapshot, so nothing falls between the two
+        # One Redis subscription per worker, fanned out to this viewer's queue. It is confirmed
+        # before the snapshot is read, so nothing falls between the two.
+        try:
+            viewer = fanout.hub(current_app.config["REDIS_URL"]).join(channel(job))
+        except BaseException:
+            on_close()
+            raise
+        viewer.watch_hangup(request.environ.get("gunicorn.socket"))
         heartbeat = current_app.config["SSE_HEARTBEAT_SECONDS"]
         job_id = job.id
 
@@ -65,11 +71,15 @@ class JobEvents(ServerSentEventsBlueprint):
                 if final:
                     return
                 while True:
-                    message = pubsub.get_message(timeout=heartbeat)
+                    message = viewer.get(timeout=heartbeat)
                     if message is None:
                         yield ": heartbeat\n\n"
                         continue
-                    frame = json.loads(message["data"])
+                    if message is fanout.LEFT:
+                        return
+                    if message is fanout.LOST or message is fanout.OVERFLOW:
+                        return  # frames may be missing: the browser reconnects to a fresh snapshot
+                    frame = json.loads(message)
                     if frame["type"] == "job_answer":
                         frame, sent = _unsent_part(frame, sent)
                         if frame is None:
@@ -78,13 +88,16 @@ class JobEvents(ServerSentEventsBlueprint):
                     if frame["type"] == "job_complete":
                         return
             finally:
-                pubsub.close()
+                viewer.close()
                 on_close()
 
-        return current_app.response_class(generate(), mimetype="text/event-stream", headers={
+        response = current_app.response_class(generate(), mimetype="text/event-stream", headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx-style proxies must not hold frames back
         })
+        # A stream closed before its first chunk never runs generate's finally: leave here too.
+        response.call_on_close(viewer.close)
+        return response
 
 
 def _unsent_part(frame, sent):

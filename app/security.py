@@ -88,6 +88,9 @@ def init_app(app):
     url = app.config["REDIS_URL"]
     app.config.setdefault("RATELIMIT_STORAGE_URI", url.replace("unix://", "redis+unix://", 1)
                           if url.startswith("unix://") else url)
+    # Limits share the bus's pool: a worker's Redis connections stay few however busy it is.
+    app.config.setdefault("RATELIMIT_STORAGE_OPTIONS",
+                          {"connection_pool": app.extensions["redis"].connection_pool})
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # Every visitor gets their id before any limit is checked, so limits key on it.
     from .visitors import assign

@@ -1,0 +1,358 @@
+"""One Redis subscription per worker process, fanned out to every viewer's queue.
+
+flask-sse gives each viewer its own pubsub connection; with thousands of viewers that is thousands
+of Redis connections. Here a worker holds ONE pubsub connection, read by one background greenlet
+that hands each message to the queues of that channel's viewers. A channel is SUBSCRIBEd when its
+first viewer arrives and UNSUBSCRIBEd the moment its last viewer leaves. The wire format is
+flask-sse's, unchanged: JSON messages PUBLISHed on the job's channel.
+
+The connection speaks RESP over a gevent socket itself, so it cooperates with the hub whether or
+not the process is monkey-patched (gunicorn's gevent worker is; a test process driving the Flask
+test client is not).
+
+If the connection dies (Redis restarts), every viewer gets LOST and ends its stream, as a viewer
+did before when its own pubsub broke: frames published meanwhile are gone, and the browser's
+reconnect brings a snapshot that is exact again. The reader reconnects with backoff and
+re-subscribes the channels that still have viewers.
+"""
+import logging
+import os
+import socket
+import threading
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+import gevent.socket
+import gevent.ssl
+from redis.connection import parse_url
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = "workshop-fanout"  # CLIENT LIST shows the connection as workshop-fanout-<pid>
+LOST = object()  # the subscription broke: frames may be missing, so the viewer must start over
+OVERFLOW = object()  # the viewer stopped reading and fell too far behind
+LEFT = object()  # the viewer's browser closed its connection
+MAX_BACKLOG = 2000  # frames queued for one viewer before it is cut off (Redis would do the same)
+ACK_TIMEOUT = 10  # seconds a new viewer waits for Redis to confirm its subscription
+HEALTH_SECONDS = 30  # a connection silent this long is PINGed; silent twice that long, replaced
+
+
+class Viewer:
+    """One viewer's end of the fan-out: a gevent queue of raw messages (bytes) or LOST/OVERFLOW."""
+
+    __slots__ = ("channel", "queue", "hub", "watcher", "__weakref__")
+
+    def __init__(self, hub, channel):
+        self.hub, self.channel = hub, channel
+        self.queue = gevent.queue.Queue()
+        self.watcher = None
+
+    def watch_hangup(self, sock):
+        """Hand this viewer LEFT as soon as its client closes sock, rather than at the next write."""
+        # An idle stream only learns that its browser left when a heartbeat fails, up to 15 s
+        # later; an event-loop watcher on the socket (no greenlet, no buffer) knows at once.
+        if sock is None or self.watcher is not None:
+            return
+        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.watcher.start(self._readable, sock)
+
+    def _readable(self, sock):
+        self.watcher.stop()  # one look: a request pipelined behind the stream is left alone
+        try:
+            gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            gone = True
+        if gone:
+            self.queue.put_nowait(LEFT)
+
+    def get(self, timeout=None):
+        """Return the next message, or None after timeout seconds without one."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except gevent.queue.Empty:
+            return None
+
+    def close(self):
+        """Leave the channel and stop watching the client's socket."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.close()
+            self.watcher = None
+        self.hub.leave(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Channel:
+    __slots__ = ("viewers", "confirmed")
+
+    def __init__(self):
+        self.viewers = set()
+        self.confirmed = gevent.event.Event()
+
+
+def _command(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        arg = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class RedisError(Exception):
+    pass
+
+
+class _Reader:
+    """A RESP2 reply parser over a gevent socket."""
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.pos = sock, bytearray(), 0
+
+    def _fill(self):
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        self.buf += data
+
+    def next_reply(self):
+        """Return the next whole reply; a socket timeout leaves a partly read one in the buffer."""
+        if self.pos and (self.pos == len(self.buf) or self.pos > 1 << 20):
+            del self.buf[:self.pos]
+            self.pos = 0
+        start = self.pos
+        try:
+            return self.reply()
+        except TimeoutError:
+            self.pos = start
+            raise
+
+    def _line(self):
+        while True:
+            end = self.buf.find(b"\r\n", self.pos)
+            if end >= 0:
+                line = bytes(self.buf[self.pos:end])
+                self.pos = end + 2
+                return line
+            self._fill()
+
+    def _exactly(self, n):
+        while len(self.buf) - self.pos < n + 2:
+            self._fill()
+        data = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n + 2
+        return data
+
+    def reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exactly(n)
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RedisError(rest.decode(errors="replace"))
+        raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+
+
+class Hub:
+    """The process's fan-out: one pubsub connection, one reader greenlet, many viewers."""
+
+    def __init__(self, url, name=None):
+        self.url, self.name = url, name or f"{CLIENT_NAME}-{os.getpid()}"
+        self.channels = {}  # channel name (bytes) -> _Channel
+        self.unconfirmed = {}  # channel -> SUBSCRIBEs sent and not yet confirmed
+        self.sock = None
+        self.connected = gevent.event.Event()
+        self.write_lock = gevent.lock.Semaphore()
+        self.reader = None
+        self.reconnects = 0
+
+    # --- viewers ---------------------------------------------------------------------------
+    def join(self, channel, timeout=ACK_TIMEOUT):
+        """Register a viewer of channel; return it once Redis has confirmed the subscription.
+
+        Returning only after the confirmation means that anything read from Redis afterwards (a
+        snapshot) is older than every frame the viewer will be handed.
+        """
+        key = channel.encode() if isinstance(channel, str) else channel
+        viewer = Viewer(self, key)
+        state = self.channels.get(key)
+        if state is None:
+            state = self.channels[key] = _Channel()
+            state.viewers.add(viewer)
+            self._start()
+            if self.connected.is_set():
+                self._send_subscribe(key)
+            # else the reader subscribes every channel with viewers when it connects
+        else:
+            state.viewers.add(viewer)
+        if not state.confirmed.wait(timeout):
+            self.leave(viewer)
+            raise ConnectionError(f"Redis did not confirm the subscription within {timeout} s")
+        return viewer
+
+    def leave(self, viewer):
+        """Unregister a viewer; the channel's last viewer unsubscribes it at once."""
+        state = self.channels.get(viewer.channel)
+        if state is None or viewer not in state.viewers:
+            return
+        state.viewers.discard(viewer)
+        if not state.viewers:
+            del self.channels[viewer.channel]
+            if self.connected.is_set():
+                try:
+                    self._send(_command(b"UNSUBSCRIBE", viewer.channel))
+                except OSError:
+                    pass  # the reader notices the broken connection and starts over
+
+    def viewer_count(self):
+        return sum(len(state.viewers) for state in self.channels.values())
+
+    # --- connection -----------------------------------------------------------------------
+    def _start(self):
+        if self.reader is None or self.reader.dead:
+            self.reader = gevent.spawn(self._run)
+
+    def _send(self, data):
+        with self.write_lock:
+            self.sock.sendall(data)
+
+    def _send_subscribe(self, *keys):
+        for key in keys:
+            self.unconfirmed[key] = self.unconfirmed.get(key, 0) + 1
+        try:
+            self._send(_command(b"SUBSCRIBE", *keys))
+        except OSError:
+            pass  # the reader notices the broken connection and starts over
+
+    def _connect(self):
+        params = parse_url(self.url)
+        if params.get("path"):
+            sock = gevent.socket.socket(gevent.socket.AF_UNIX, gevent.socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(params["path"])
+        else:
+            sock = gevent.socket.create_connection((params.get("host", "localhost"),
+                                                    int(params.get("port", 6379))), timeout=5)
+            sock.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)
+            sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_KEEPALIVE, 1)
+            if self.url.startswith("rediss://"):
+                sock = gevent.ssl.create_default_context().wrap_socket(
+                    sock, server_hostname=params.get("host"))
+        reader = _Reader(sock)
+        setup = []
+        if params.get("password") is not None:
+            setup.append(_command(b"AUTH", *[p for p in (params.get("username"), params["password"])
+                                              if p is not None]))
+        setup.append(_command(b"CLIENT", b"SETNAME", self.name))
+        sock.sendall(b"".join(setup))
+        for _ in setup:
+            reader.next_reply()
+        sock.settimeout(HEALTH_SECONDS)
+        return sock, reader
+
+    def _run(self):
+        backoff = 0.05
+        while True:
+            try:
+                self.sock, reader = self._connect()
+            except (OSError, RedisError) as error:
+                log.warning("fan-out: cannot connect to Redis (%s); retrying in %.2f s", error, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+                continue
+            backoff = 0.05
+            self.unconfirmed.clear()
+            self.connected.set()
+            if self.channels:
+                self._send_subscribe(*self.channels)
+            try:
+                self._read(reader)
+            except (OSError, RedisError, ValueError) as error:
+                log.warning("fan-out: Redis subscription lost (%s); reconnecting", error)
+            finally:
+                self.connected.clear()
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
+            self.reconnects += 1
+            # Frames published while we were away are lost: every viewer starts over.
+            for state in self.channels.values():
+                state.confirmed.clear()
+                for viewer in state.viewers:
+                    viewer.queue.put_nowait(LOST)
+            gevent.sleep(backoff)
+
+    def _read(self, reader):
+        pinged = False
+        while True:
+            try:
+                reply = reader.next_reply()
+            except TimeoutError:
+                if pinged:
+                    raise ConnectionError("Redis did not answer a PING")
+                self._send(_command(b"PING"))
+                pinged = True
+                continue
+            pinged = False
+            kind = reply[0]
+            if kind == b"message":
+                state = self.channels.get(reply[1])
+                if state is None:
+                    continue
+                for viewer in tuple(state.viewers):
+                    queue = viewer.queue
+                    if queue.qsize() >= MAX_BACKLOG:
+                        state.viewers.discard(viewer)
+                        while queue.qsize():
+                            queue.get_nowait()
+                        queue.put_nowait(OVERFLOW)
+                        if not state.viewers:
+                            del self.channels[reply[1]]
+                            self._send(_command(b"UNSUBSCRIBE", reply[1]))
+                        continue
+                    queue.put_nowait(reply[2])
+            elif kind == b"subscribe":
+                key = reply[1]
+                left = self.unconfirmed.get(key, 0) - 1
+                if left > 0:
+                    self.unconfirmed[key] = left
+                    continue
+                self.unconfirmed.pop(key, None)
+                state = self.channels.get(key)
+                if state is not None:
+                    state.confirmed.set()
+
+
+_hubs = {}
+_hubs_lock = threading.Lock()
+
+
+def hub(url):
+    """Return this process's (and OS thread's) fan-out for a Redis URL, created on first use."""
+    # Keyed by gevent's hub, not threading.get_ident(): under monkey-patching the latter names
+    # the current greenlet, which would give every viewer a hub (and a connection) of its own.
+    key = (os.getpid(), id(gevent.get_hub()), url)
+    found = _hubs.get(key)
+    if found is None:
+        with _hubs_lock:
+            found = _hubs.get(key)
+            if found is None:
+                found = _hubs[key] = Hub(url)
+    return found
