@@ -3,7 +3,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 

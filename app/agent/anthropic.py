@@ -29,7 +29,7 @@ class AnthropicAgent(RemoteAgent):
 
     def events(self, model, system, user, max_tokens):
         """Yield TextDelta, Thinking and Usage from one streamed message."""
-        counts, spoke, stopped = {}, False, False
+        counts, spoke, stopped, counted = {}, False, False, False
         with self.client.messages.create(model=model, max_tokens=max_tokens, system=system, stream=True,
                                          messages=[{"role": "user", "content": user}]) as stream:
             for event in stream:
@@ -39,6 +39,8 @@ class AnthropicAgent(RemoteAgent):
                     counts = _counts(event.message.usage, counts)
                 elif kind == "message_delta":
                     counts = _counts(event.usage, counts)
+                    # message_start's output count is a placeholder; only message_delta's is the answer's.
+                    counted = counted or getattr(event.usage, "output_tokens", None) is not None
                 elif kind == "content_block_start":
                     if not spoke and getattr(event.content_block, "type", None) in THINKING_BLOCKS:
                         yield Thinking()
@@ -54,6 +56,8 @@ class AnthropicAgent(RemoteAgent):
                 # ping, content_block_stop and event types added later carry nothing to show or bill.
         if not stopped:  # the body ended cleanly but the message did not
             raise ProviderError(LOST)
+        if not counted:  # a compatible server that reports no usage leaves the count to the Workshop
+            return
         yield Usage(input_tokens=counts.get("input_tokens", 0), output_tokens=counts.get("output_tokens", 0),
                     cache_read_tokens=counts.get("cache_read_tokens", 0),
                     cache_write_tokens=counts.get("cache_write_tokens", 0),
