@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import LiveServer
+from providers import ProviderServer, Reply, Sleep
+from wire import openai_frames
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -254,3 +256,32 @@ def test_markup_in_a_request_stays_text(page):
     page.goto(f"/jobs/{job_id}")  # and as the server renders it
     expect(page.locator(".answer")).to_contain_text(markup)
     assert page.evaluate("[typeof window.__pwned, window.__foreign]") == ["undefined", False]
+
+
+def test_job_on_a_model_provider_streams_a_live_ticker_then_settles(browser, tmp_path_factory, redis_url):
+    """The main flow with Timmy on an OpenAI-compatible provider (a loopback one) instead of the demo."""
+    pieces = [f" Step {i}: heat the joint, feed the solder, let it cool." for i in range(80)]
+    verdict = '{"accepted": true, "reason": "Happy to help.", "estimated_output_tokens": 1200}'
+    answer = openai_frames(pieces, prompt_tokens=60, completion_tokens=1000)
+    provider = ProviderServer().start()
+    provider.queue(Reply(openai_frames([verdict])),  # the evaluation, then the answer at a model's pace
+                   Reply(answer[:1] + [step for frame in answer[1:] for step in (Sleep(0.05), frame)]))
+    live = LiveServer(tmp_path_factory.mktemp("live"), redis_url, AGENT="openai",
+                      PROVIDER_BASE_URL=f"{provider.url}/v1", PROVIDER_API_KEY="test-key",
+                      WORK_MODEL="gpt-5.4-mini", EVAL_MODEL="gpt-5.4-nano", CHAT_MODEL="gpt-5.4-nano").start()
+    try:
+        with visitor(browser, live) as page:
+            job_id = submit_job(page, "How do I solder a through-hole joint?")
+            pay_both(page)
+            job = finish(page, job_id)
+            tickers, answers = recorded(page)
+            changes = sum(a["text"] != b["text"] for a, b in zip(tickers, tickers[1:]))
+            assert changes >= 3, tickers
+            assert_frames_sound(tickers, answers, job["result"])
+            assert job["result"] == "".join(pieces)
+            ledger = job["costLedger"]
+            assert ledger["usageSource"] == "provider" and ledger["outputTokens"] == 1000
+            assert [r.body["model"] for r in provider.received] == ["gpt-5.4-nano", "gpt-5.4-mini"]
+    finally:
+        live.stop()
+        provider.stop()
