@@ -1,4 +1,5 @@
 """Every fragment renders with strict undefined in every state; the wording lives in templates."""
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -75,3 +76,10 @@ def test_pages_render(client, app):
     assert "Free chat" in client.get("/").get_data(as_text=True)
     assert client.get("/jobs/nope").status_code == 404
     assert "There is no such job" in client.get("/jobs/nope").get_data(as_text=True)
+
+
+def test_the_page_names_an_icon_that_is_served(client):
+    page = client.get("/").get_data(as_text=True)
+    href = re.search(r'<link rel="icon" href="([^"]+)"', page).group(1)
+    icon = client.get(href)
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
