@@ -78,8 +78,10 @@ def test_progress_is_published_with_absolute_figures_and_kept_for_late_viewers(a
         job = Job(visitor_id="v", request="r", model="timmy-demo", state="executing", input_tokens=10)
         db.session.add(job)
         db.session.commit()
-        pubsub = bus.subscriber()
+        pubsub = bus.client().pubsub()
         pubsub.subscribe(events.channel(job))
+        # Confirmed before anything is published: pub/sub keeps nothing for late subscribers.
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
         events.publish_progress(job, tokens=12, output_tokens=2, msat=1500, text="Hi ", start=0)
         events.publish_progress(job, tokens=13, output_tokens=3, msat=1600, text="<b>", start=3)
         frames = []
