@@ -179,6 +179,22 @@ def test_forms_need_a_csrf_token(make_app):
     assert client.post("/api/jobs", json={"request": REQUEST}).status_code == 201
 
 
+def test_every_form_route_refuses_a_post_without_a_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    client = app.test_client()
+    job = client.post("/api/jobs", json={"request": REQUEST}).json
+    hash_ = job["evalInvoice"]["paymentHash"]
+    forms = [rule for rule in app.url_map.iter_rules() if "POST" in rule.methods
+             and not rule.rule.startswith("/api/")]
+    assert len(forms) >= 4, forms  # jobs, stop, chat, the dev wallet's pay button
+    for rule in forms:
+        url = rule.rule.replace("<job_id>", job["jobId"]).replace("<payment_hash>", hash_)
+        response = client.post(url, data={"request": REQUEST, "message": "hi"})
+        assert response.status_code == 400 and b"Reload the page" in response.data, rule.rule
+    with app.app_context():
+        assert Job.query.count() == 1 and db.session.get(Job, job["jobId"]).state == "awaiting_eval_payment"
+
+
 def test_the_dev_pay_endpoint_is_absent_with_a_real_wallet(make_app, monkeypatch):
     class OtherWallet:
         pass
