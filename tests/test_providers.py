@@ -1,6 +1,5 @@
 """Timmy on real providers' wire formats: Anthropic Messages and OpenAI chat completions, over loopback."""
 import threading
-import time
 from decimal import Decimal
 
 import pytest
@@ -260,9 +259,8 @@ def fault_cases():
 def test_a_fault_mid_stream_is_a_provider_error_for_visitors(provider, case):
     script, message = fault_cases()[case]
     provider.server.queue(Reply(script(provider, provider.frames(["First", " second"]))))
-    started = time.monotonic()
+    # The script sleeps 30 s: only the stall timeout ends the call with STALLED instead.
     items, error = drain(provider.agent(PROVIDER_STALL_SECONDS=1).stream("hi"))
-    assert time.monotonic() - started < 5
     assert text_of(items) == "First"  # what streamed before the fault still reaches the runner
     assert isinstance(error, ProviderError) and str(error) in VISITOR_MESSAGES
     expected = message or (remote.OVERLOADED if provider.kind == "anthropic" else remote.PROVIDER_FAILED)
@@ -271,9 +269,8 @@ def test_a_fault_mid_stream_is_a_provider_error_for_visitors(provider, case):
 
 def test_a_stall_before_the_response_is_a_provider_error(provider):
     provider.server.queue(Reply([Sleep(30)] + provider.frames(["late"])))
-    started = time.monotonic()
+    # The script sleeps 30 s: only the stall timeout ends the call with STALLED instead.
     items, error = drain(provider.agent(PROVIDER_STALL_SECONDS=1).stream("hi"))
-    assert time.monotonic() - started < 5
     assert str(error) == remote.STALLED and text_of(items) == ""
 
 
