@@ -27,6 +27,11 @@ def create_app(test_config=None):
     if test_config:
         app.config.update(test_config)
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or _secret_key(app)
+    # Bodies are read whole before they are checked: cap them near the longest text accepted
+    # (escaped JSON or a percent-encoded form takes up to 12 bytes a character), so a huge
+    # body is a 413 at once instead of memory spent parsing it.
+    app.config.setdefault("MAX_CONTENT_LENGTH", 12 * max(
+        app.config["MAX_REQUEST_CHARS"], app.config["MAX_CHAT_CHARS"]) + 16 * 1024)
     # A typo in a template is an error, not an empty string on a visitor's screen.
     app.jinja_env.undefined = jinja2.StrictUndefined
 

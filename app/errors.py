@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 FRIENDLY = {
     404: "There is nothing here.",
     405: "That address doesn't take that kind of request.",
-    413: "That is too much to send at once.",
+    413: "That is too long to send at once; shorten it and try again.",
 }
 
 
@@ -25,16 +25,30 @@ def respond(status, message):
     """Answer with a message in the form the client asked for."""
     if _wants_json():
         return {"error": message}, status
-    template = "fragments/notice.html" if request.headers.get("HX-Request") else "error.html"
-    return render_template(template, message=message, status=status), status
+    if not request.headers.get("HX-Request"):
+        return render_template("error.html", message=message, status=status), status
+    headers = {}
+    if request.headers.get("HX-Target") == "notices":
+        # The button swaps nothing on success; its error replaces the notice area instead.
+        headers = {"HX-Reswap": "innerHTML"}
+    return render_template("fragments/notice.html", message=message, status=status), status, headers
+
+
+def per_period(limit, noun=""):
+    """Say a rate limit the way people do: '3 messages a minute', '10 every 5 minutes'."""
+    period = limit.GRANULARITY.name
+    noun = f" {noun}" if noun else ""
+    if limit.multiples == 1:
+        return f"{limit.amount}{noun} an {period}" if period == "hour" else f"{limit.amount}{noun} a {period}"
+    return f"{limit.amount}{noun} every {limit.multiples} {period}s"
 
 
 def handle_http(error):
     if isinstance(error, RateLimitExceeded):
         if request.endpoint == "chat.chat":
-            return respond(429, f"Timmy can chat {error.limit.limit} — that's the free allowance. "
-                                "Take a breath and try again in a minute.")
-        return respond(429, f"That's more than this allows ({error.limit.limit}). "
+            return respond(429, f"Timmy can chat {per_period(error.limit.limit, 'messages')} — that's "
+                                "the free allowance. Take a breath and try again in a minute.")
+        return respond(429, f"That's more than this allows ({per_period(error.limit.limit)}). "
                             "Wait a moment and try again.")
     if isinstance(error, CSRFError):
         return respond(400, "The form had expired or was sent from elsewhere. Reload the page and try again.")

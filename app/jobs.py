@@ -28,8 +28,10 @@ def clean_request(text, limit):
     """Return the request text normalised, or raise JobError saying what is wrong with it."""
     if not isinstance(text, str):
         raise JobError("Send the job request as text.")
-    if "\ufffd" in text:
-        raise JobError("The request is not valid UTF-8 text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in JSON: no character at all
+        raise JobError("The request is not valid UTF-8 text.") from None
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
         raise JobError("Tell Timmy what the job is: the request is empty.")
@@ -128,7 +130,10 @@ def evaluate(job_id):
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
                    btc_usd=btc_usd)
     except Exception as error:
-        log.exception("evaluation of job %s failed", job_id)
+        if isinstance(error, ProviderError):  # expected and already explained: no traceback
+            log.warning("evaluation of job %s failed: %s", job_id, error)
+        else:
+            log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
         reason = str(error) if isinstance(error, ProviderError) else "Timmy could not evaluate the request."
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is not "

@@ -1,5 +1,5 @@
 """CSRF for forms, an origin check for the JSON API, and rate limits kept in Redis."""
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import abort, current_app, request, session
 from flask_limiter import Limiter
@@ -75,9 +75,27 @@ def same_origin_only():
         abort(403, "Cross-site requests to the API are not allowed.")
 
 
+def forms_are_utf8():
+    """Refuse a form whose bytes are not UTF-8, before anything reads it."""
+    # Werkzeug decodes form fields leniently (dropping or replacing bad bytes), which would
+    # turn a stray byte into an empty request or into a U+FFFD the visitor never typed.
+    if request.method != "POST" or request.mimetype not in (
+            "application/x-www-form-urlencoded", "multipart/form-data"):
+        return
+    raw = request.get_data(cache=True)  # cached: the form is parsed from these same bytes
+    if request.mimetype == "application/x-www-form-urlencoded":
+        raw = b"&".join(unquote_to_bytes(part.replace(b"+", b" ")) for part in raw.split(b"&"))
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        abort(400, "The request is not valid UTF-8 text.")
+
+
 def init_app(app):
     """Protect forms with CSRF tokens and the JSON API with JSON bodies and an origin check."""
     from .views import api, devpay
+
+    app.before_request(forms_are_utf8)  # first: the CSRF check reads the form
 
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # a Workshop tab may stay open for hours
     csrf.init_app(app)

@@ -199,6 +199,7 @@ def test_free_chat_has_no_ticker_and_a_friendly_limit(page):
     page.fill("#chat-input", "One more, please")
     send.click()
     expect(log).to_contain_text("free allowance")
+    expect(log.locator(".notice").last).to_be_in_viewport()  # the log scrolled to show it
     expect(log.locator(".chat-exchange")).to_have_count(3)
     expect(page.get_by_role("heading", name="Give Timmy a job.")).to_be_visible()
     assert streams == []
@@ -285,3 +286,18 @@ def test_job_on_a_model_provider_streams_a_live_ticker_then_settles(browser, tmp
     finally:
         live.stop()
         provider.stop()
+
+
+def test_a_refused_payment_says_why_next_to_the_job(browser, tmp_path_factory, redis_url):
+    """The pay button swaps nothing on success, but a refusal (here a limit) reaches the visitor."""
+    strict = LiveServer(tmp_path_factory.mktemp("live"), redis_url, PAY_RATE_LIMIT="1 per minute").start()
+    try:
+        with visitor(browser, strict) as page:
+            submit_job(page, "A tidy workbench in five steps.")
+            pay(page, "awaiting_work_payment")  # the minute's one payment
+            expect(page.locator("#notices")).to_be_empty()
+            page.locator(".invoice").get_by_role("button", name="Pay with development wallet").click()
+            expect(page.locator("#notices")).to_contain_text("That's more than this allows (1 a minute)")
+            expect(page.locator(".job-card")).to_have_attribute("data-state", "awaiting_work_payment")
+    finally:
+        strict.stop()

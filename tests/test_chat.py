@@ -23,7 +23,7 @@ def test_chat_is_limited_per_visitor_with_a_friendly_message(client, app):
         assert client.post("/chat", data={"message": "hi"}, headers={"HX-Request": "true"}).status_code == 200
     response = client.post("/chat", data={"message": "hi"}, headers={"HX-Request": "true"})
     assert response.status_code == 429
-    assert "Timmy can chat 3 per 1 minute" in response.get_data(as_text=True)
+    assert "Timmy can chat 3 messages a minute" in response.get_data(as_text=True)
     assert "<html" not in response.get_data(as_text=True)  # a fragment for the chat log
     other = app.test_client()  # another visitor has their own allowance
     assert other.post("/chat", data={"message": "hi"}, headers={"HX-Request": "true"}).status_code == 200

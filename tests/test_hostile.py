@@ -53,7 +53,7 @@ def test_the_api_survives_any_body(client, app, body):
 
 @pytest.mark.parametrize("text, status, words", [
     ("line\x0bfeed", 400, "control characters"), ("bell\x07", 400, "control characters"),
-    ("bad \ufffd byte", 400, "UTF-8"), ("x" * 4001, 413, "too long"),
+("x" * 4001, 413, "too long"),
 ])
 def test_form_requests_with_bad_text_are_refused_and_kept(client, app, text, status, words):
     response = client.post("/jobs", data={"request": text})
@@ -62,10 +62,24 @@ def test_form_requests_with_bad_text_are_refused_and_kept(client, app, text, sta
 
 
 def test_invalid_utf8_in_a_form_is_refused(client, app):
-    # Raw invalid bytes: the form field can't be decoded, so there is no request text at all.
-    response = client.post("/jobs", data=b"request=caf\xe9", content_type="application/x-www-form-urlencoded")
-    assert response.status_code == 400 and "empty" in response.get_data(as_text=True)
+    for body in (b"request=caf\xe9", b"request=caf%E9"):  # raw, and percent-encoded
+        response = client.post("/jobs", data=body, content_type="application/x-www-form-urlencoded")
+        assert response.status_code == 400 and "not valid UTF-8" in response.get_data(as_text=True)
+    chat = client.post("/chat", data=b"message=caf%E9", content_type="application/x-www-form-urlencoded")
+    assert chat.status_code == 400 and "not valid UTF-8" in chat.get_data(as_text=True)
     no_money_moved(app)
+
+
+def test_a_lone_surrogate_in_json_is_refused_plainly(client, app):
+    response = client.post("/api/jobs", data=b'{"request": "hi \\ud800 there"}', content_type="application/json")
+    assert response.status_code == 400 and "not valid UTF-8" in response.json["error"]
+    no_money_moved(app)
+
+
+def test_a_replacement_character_typed_on_purpose_is_ordinary_text(client):
+    text = "What does the \ufffd character mean?"
+    assert client.post("/api/jobs", json={"request": text}).status_code == 201
+    assert client.post("/jobs", data={"request": text}).status_code == 303
 
 
 def test_end_of_text_markers_are_ordinary_text(client):

@@ -179,6 +179,16 @@ def test_forms_need_a_csrf_token(make_app):
     assert client.post("/api/jobs", json={"request": REQUEST}).status_code == 201
 
 
+def test_paying_anothers_invoice_tells_nothing_of_their_job(app):
+    owner, stranger = app.test_client(), app.test_client()
+    job = create(owner)
+    paid = stranger.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}").json
+    wait_for_jobs()
+    assert paid == {"paymentHash": job["evalInvoice"]["paymentHash"], "paid": True}
+    assert owner.get(f"/api/jobs/{job['jobId']}").json["state"] == "awaiting_work_payment"
+    assert pay(owner, owner.get(f"/api/jobs/{job['jobId']}").json["workInvoice"])["jobId"] == job["jobId"]
+
+
 def test_every_form_route_refuses_a_post_without_a_csrf_token(make_app):
     app = make_app(WTF_CSRF_ENABLED=True)
     client = app.test_client()

@@ -382,3 +382,9 @@ def test_a_provider_api_without_a_key_is_a_clear_error(monkeypatch, agent):
     monkeypatch.delenv("PROVIDER_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="PROVIDER_API_KEY"):
         build(config.from_environment())
+
+
+def test_a_work_model_without_a_price_stops_the_start(make_app):
+    # Otherwise every visitor would pay the evaluation fee for a job that can't be quoted.
+    with pytest.raises(RuntimeError, match="WORK_MODEL 'unpriced-model' has no price.*MODEL_PRICES"):
+        make_app(WORK_MODEL="unpriced-model")

@@ -39,6 +39,11 @@ class ProviderError(Exception):
 
 def init_app(app):
     """Build the configured Timmy once per app."""
+    # Refuse to start rather than take evaluation fees for jobs that can never be quoted.
+    if app.config["WORK_MODEL"] not in app.config["MODEL_PRICES"]:
+        raise RuntimeError(f"WORK_MODEL {app.config['WORK_MODEL']!r} has no price: add it to "
+                           'MODEL_PRICES, e.g. {"' + app.config["WORK_MODEL"] + '": {"input": "1.00", '
+                           '"output": "3.00"}} (USD per million tokens)')
     app.extensions["agent"] = build(app.config)
 
 

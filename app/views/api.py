@@ -50,6 +50,14 @@ def job_json(job):
     return body
 
 
+def json_body():
+    """Return the parsed JSON body, or None if it isn't JSON one can read."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # "[[[[…" nested deeper than the parser goes
+        return None
+
+
 @bp.post("/jobs")
 @limit("JOB_RATE_LIMIT")
 def create_job():
@@ -60,7 +68,7 @@ def create_job():
         request.get_data().decode("utf-8")
     except UnicodeDecodeError:
         abort(400, "The request body is not valid UTF-8.")
-    payload = request.get_json(silent=True)
+    payload = json_body()
     if not isinstance(payload, dict) or "request" not in payload:
         abort(400, 'Send a JSON object with a "request" string, e.g. {"request": "..."}.')
     try:

@@ -13,9 +13,8 @@ bp = Blueprint("chat", __name__)
 @limit("CHAT_RATE_LIMIT")
 def chat():
     """Answer a free-chat message."""
-    text = request.form.get("message", "")
     try:
-        message = jobs.clean_request(text, current_app.config["MAX_CHAT_CHARS"])
+        message = jobs.clean_request(request.form.get("message", ""), current_app.config["MAX_CHAT_CHARS"])
     except jobs.JobError as error:
         if is_htmx():
             return render_template("fragments/chat_notice.html", message=str(error)), error.status
