@@ -139,3 +139,14 @@ def test_double_payment_clicks_move_money_once(client, app):
     with app.app_context():
         stored = db.session.get(Job, job["jobId"])
         assert [i.kind for i in stored.invoices] == ["eval", "work"]
+
+
+def test_deep_json_and_huge_bodies_are_refused_plainly(client, app):
+    deep = b'{"request": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # under the size cap, too deep to parse
+    response = client.post("/api/jobs", data=deep, content_type="application/json")
+    assert response.status_code == 400 and "JSON object" in response.json["error"]
+    huge = client.post("/api/jobs", data=b'{"request": "' + b"x" * 2_000_000 + b'"}', content_type="application/json")
+    assert huge.status_code == 413 and "too long" in huge.json["error"]
+    form = client.post("/jobs", data={"request": "x" * 2_000_000})
+    assert form.status_code == 413 and "too long" in form.get_data(as_text=True)
+    no_money_moved(app)
