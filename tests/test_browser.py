@@ -105,7 +105,7 @@ def pay_both(page):
     card = page.locator(".job-card")
     expect(card).to_have_attribute("data-state", "awaiting_eval_payment")
     expect(page.locator(".invoice textarea.bolt11")).to_have_value(re.compile(r"^lnbcrt\w+$"))
-    expect(page.locator('.invoice a[href^="lightning:lnbcrt"]')).to_be_visible()
+    expect(page.locator('.invoice-actions a[href^="lightning:lnbcrt"]')).to_be_visible()
     pay(page, "awaiting_work_payment")
     expect(page.locator("dl.breakdown")).to_be_visible()
     expect(page.locator(".invoice")).to_have_count(1)

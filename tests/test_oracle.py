@@ -1,13 +1,16 @@
 """The BTC/USD oracle against loopback tickers: medians, dead and lying sources, caching, staleness."""
 import json
+import threading
+import time
 from decimal import Decimal
 
 import pytest
+import requests
 
 from app import oracle, pricing
 from app.models import Invoice, Job, db
 
-from conftest import wait_for_jobs
+from conftest import LiveServer, wait_for_jobs
 from tickers import TickerServer
 
 REQUEST = "Plan a beginner's soldering workshop"
@@ -206,3 +209,37 @@ def test_sources_parse_in_every_format():
     assert [(s.name, s.format) for s in sources] == [("api.coinbase.com", "coinbase"),
                                                       ("api.kraken.com", "kraken"), ("www.bitstamp.net", "bitstamp")]
     assert sources[1].url.endswith("?pair=XBTUSD") and oracle.parse_sources("") == []
+
+
+@pytest.mark.integration
+def test_gunicorn_serves_others_while_a_source_is_slow_then_prices_the_job(tmp_path, redis_url, tickers):
+    """Under the gevent worker a fetch waits without blocking the worker; the quote is the median."""
+    tickers[2].hold = threading.Event()
+    server = LiveServer(tmp_path, redis_url, BTC_USD_SOURCES=" ".join(s.source for s in tickers),
+                        BTC_USD_TIMEOUT_SECONDS="30").start()
+    session, created = requests.Session(), {}
+    try:
+        creating = threading.Thread(target=lambda: created.update(
+            response=session.post(server.url + "/api/jobs", json={"request": REQUEST}, timeout=60)))
+        creating.start()
+        assert tickers[2].arrived.wait(30)
+        # Bitstamp holds its answer, so the job's request is still waiting on the oracle; the
+        # one worker answers another visitor all the same.
+        assert requests.get(server.url + "/", timeout=20).status_code == 200
+        assert "response" not in created
+        tickers[2].hold.set()
+        creating.join(60)
+        job = created["response"].json()
+        assert created["response"].status_code == 201, job
+        assert session.post(server.url + f"/api/dev/pay/{job['evalInvoice']['paymentHash']}", timeout=20).ok
+        for _ in range(300):
+            job = session.get(server.url + f"/api/jobs/{job['jobId']}", timeout=20).json()
+            if job["state"] != "evaluating" and job["state"] != "awaiting_eval_payment":
+                break
+            time.sleep(0.1)
+        assert job["state"] == "awaiting_work_payment", job
+        assert job["pricingBreakdown"]["btcUsd"] == "100000.00"
+        assert job["pricingBreakdown"]["btcUsdSource"] == label(*tickers)
+        assert [s.requests for s in tickers] == [1, 1, 1]  # job creation fetched; the quote reused it
+    finally:
+        server.stop()

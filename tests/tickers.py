@@ -35,6 +35,8 @@ class TickerServer(ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}{PATHS[fmt]}"
         self.host = f"127.0.0.1:{self.server_address[1]}"
         self.requests = 0
+        self.arrived = threading.Event()  # set when a request comes in
+        self.hold = None  # an Event: requests wait for it before they are answered
         self.set_price(price)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
@@ -55,6 +57,8 @@ class TickerServer(ThreadingHTTPServer):
         return self
 
     def stop(self):
+        if self.hold is not None:
+            self.hold.set()
         self.shutdown()
         self.server_close()
 
@@ -62,6 +66,9 @@ class TickerServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.requests += 1
+        self.server.arrived.set()
+        if self.server.hold is not None:
+            self.server.hold.wait(60)
         if self.server.delay:
             time.sleep(self.server.delay)
         try:
