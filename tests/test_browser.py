@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, free_port
 from providers import ProviderServer, Reply, Sleep
 from wire import openai_frames
 
@@ -360,3 +360,21 @@ def test_without_javascript_the_invoice_still_has_its_qr_code_and_no_copy_button
         bolt11 = page.locator(".invoice textarea.bolt11").input_value()
         assert read_qr(page.locator(".invoice svg.qr")) == [f"lightning:{bolt11}".upper()]
         expect(page.locator(".invoice .copy-button")).to_be_hidden()
+
+
+def test_with_no_fresh_btc_price_the_form_says_so_and_no_job_starts(browser, tmp_path_factory, redis_url):
+    # A source on a loopback port nobody listens on: every quote finds no fresh price.
+    live = LiveServer(tmp_path_factory.mktemp("live"), redis_url,
+                      BTC_USD_SOURCES=f"coinbase=http://127.0.0.1:{free_port()}/v2/prices/BTC-USD/spot").start()
+    try:
+        with visitor(browser, live) as page:
+            page.goto("/")
+            page.fill("#job-request", "A parts list for a bench power supply.")
+            page.get_by_role("button", name="Ask Timmy · 10 sats to evaluate").click()
+            expect(page.locator("#job-form-error")).to_contain_text(
+                "Timmy can't quote right now: none of the Workshop's BTC price sources")
+            expect(page.locator("#job-form-error")).to_contain_text("Nothing was charged")
+            expect(page.locator(".invoice")).to_have_count(0)
+            expect(page.locator("#job-request")).to_have_value("A parts list for a bench power supply.")
+    finally:
+        live.stop()
