@@ -52,8 +52,9 @@ def btc_usd_quote():
     quotes = oracle.fresh_quotes()
     if not quotes:
         minutes = max(1, round(oracle.max_age / 60))
+        plural = "s" if minutes != 1 else ""
         raise PriceUnavailable(f"Timmy can't quote right now: none of the Workshop's BTC price "
-                               f"sources has given a price in the last {minutes} minute{'s' * (minutes != 1)}.")
+                               f"sources has given a price in the last {minutes} minute{plural}.")
     # To the cent, as the price is stored on the job; the median of two is their mean.
     price = median(q.price_usd for q in quotes).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     return price, "median:" + ",".join(sorted(q.source for q in quotes))
