@@ -35,11 +35,12 @@ def create_app(test_config=None):
     # A typo in a template is an error, not an empty string on a visitor's screen.
     app.jinja_env.undefined = jinja2.StrictUndefined
 
-    from . import agent, bus, errors, filters, lightning, models, security, views
+    from . import agent, bus, errors, filters, lightning, models, oracle, security, views
     models.init_app(app)
     bus.init_app(app)
     agent.init_app(app)
     lightning.init_app(app)
+    oracle.init_app(app)
     security.init_app(app)
     filters.init_app(app)
     errors.init_app(app)

@@ -85,7 +85,17 @@ def from_environment():
         "EVAL_FEE_SATS": _int("EVAL_FEE_SATS", 10),
         "MARGIN_PCT": _decimal("MARGIN_PCT", "20"),
         "INFRA_USD_PER_REQUEST": _decimal("INFRA_USD_PER_REQUEST", "0.0005"),
+        # The fixed BTC/USD price, used (and labelled "fixed") only when no sources are configured.
         "BTC_USD": _decimal("BTC_USD", "100000"),
+        # Public tickers as `format=url` (formats: coinbase, kraken, bitstamp), separated by
+        # commas or spaces; their fresh quotes' median prices each job. Unset: the fixed BTC_USD.
+        "BTC_USD_SOURCES": os.environ.get("BTC_USD_SOURCES", ""),
+        # A source is asked again at most this often (a failed source too, so a dead one costs
+        # each visitor nothing); a quote older than the maximum age is never used.
+        "BTC_USD_REFRESH_SECONDS": _decimal("BTC_USD_REFRESH_SECONDS", "60"),
+        "BTC_USD_MAX_AGE_SECONDS": _decimal("BTC_USD_MAX_AGE_SECONDS", "600"),
+        # Deadline for one source's whole answer; sources are asked at once, so this bounds a quote.
+        "BTC_USD_TIMEOUT_SECONDS": _decimal("BTC_USD_TIMEOUT_SECONDS", "5"),
         "MODEL_PRICES": _model_prices(),
         "INVOICE_EXPIRY_SECONDS": _int("INVOICE_EXPIRY_SECONDS", 900),
         "TICKER_MAX_FPS": _int("TICKER_MAX_FPS", 10),

@@ -1,5 +1,7 @@
 """Jinja filters: Python hands templates numbers, and templates format them with these."""
 from . import pricing
+from .models import utcnow
+from .qr import lightning_qr
 
 STATE_LABELS = {
     "awaiting_eval_payment": "Awaiting evaluation fee",
@@ -38,6 +40,11 @@ def usd(amount):
     return f"{amount:,}"
 
 
+def seconds_left(moment):
+    """Return the whole seconds from now until moment (naive UTC), never negative."""
+    return max(0, int((moment - utcnow()).total_seconds()))
+
+
 def state_label(state):
     """Name a job state the way a visitor would."""
     return STATE_LABELS.get(state, state)
@@ -45,5 +52,5 @@ def state_label(state):
 
 def init_app(app):
     """Register the filters."""
-    for f in (thousands, sats, sats_tenths, refund_sats, usd, state_label):
+    for f in (thousands, sats, sats_tenths, refund_sats, usd, seconds_left, state_label, lightning_qr):
         app.add_template_filter(f)

@@ -22,7 +22,7 @@ def job_context(job):
            "answer": job.result or "", "sent_chars": len(job.result or "")}
     if job.state == "awaiting_work_payment":
         ctx["breakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
-                                         job.estimated_output_tokens, job.btc_usd)
+                                         job.estimated_output_tokens, job.btc_usd, job.btc_usd_source)
     if job.state == "executing":
         state = live.read(job)
         ctx["figures"] = ticker_figures(job, state)

@@ -50,6 +50,11 @@ def create_job(visitor_id, request_text):
     room = current_app.config["MODEL_CONTEXT_TOKENS"] - current_app.config["MAX_OUTPUT_TOKENS"]
     if count_tokens(agent.prompt(text)) > room:
         raise JobError(f"The request is too long for Timmy's model: at most about {room:,} tokens.", 413)
+    # No fresh BTC price means no quote later: refuse now, before the visitor pays anything.
+    try:
+        pricing.btc_usd_quote()
+    except pricing.PriceUnavailable as error:
+        raise JobError(f"{error} Nothing was charged; please try again in a few minutes.", 503) from None
     fee_msat = current_app.config["EVAL_FEE_SATS"] * pricing.MSAT_PER_SAT
     job = Job(visitor_id=visitor_id, request=text, model=agent.model)
     _add_invoice(job, "eval", fee_msat, "Timmy's Workshop: evaluation fee")
@@ -121,21 +126,22 @@ def evaluate(job_id):
             transition(job, "evaluating", "rejected", reason=verdict.reason)
             return
         input_tokens = count_tokens(agent.prompt(job.request))
-        btc_usd, _source = pricing.btc_usd_quote()
+        btc_usd, btc_usd_source = pricing.btc_usd_quote()
         # Never quote more output than the model may write.
         estimate = min(verdict.estimated_output_tokens, current_app.config["MAX_OUTPUT_TOKENS"])
         quote = pricing.quote(pricing.tariff(), job.model, input_tokens, estimate, btc_usd)
         _add_invoice(job, "work", quote["amountSats"] * pricing.MSAT_PER_SAT, "Timmy's Workshop: the job")
         transition(job, "evaluating", "awaiting_work_payment", reason=verdict.reason,
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
-                   btc_usd=btc_usd)
+                   btc_usd=btc_usd, btc_usd_source=btc_usd_source)
     except Exception as error:
         if isinstance(error, ProviderError):  # expected and already explained: no traceback
             log.warning("evaluation of job %s failed: %s", job_id, error)
         else:
             log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
-        reason = str(error) if isinstance(error, ProviderError) else "Timmy could not evaluate the request."
+        known = (ProviderError, pricing.PriceUnavailable)
+        reason = str(error) if isinstance(error, known) else "Timmy could not evaluate the request."
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is not "
                    "refunded automatically; contact the operator.")
 

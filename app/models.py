@@ -42,6 +42,7 @@ class Job(db.Model):
     # The BTC/USD price is locked on the job when its work invoice is made; the actual
     # charge is computed at the same price.
     btc_usd = db.Column(db.Numeric(18, 2))
+    btc_usd_source = db.Column(db.Text)  # "fixed", or "median:" and the sources' hosts
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 

@@ -4,7 +4,8 @@ Money is Decimal (USD) or integer millisatoshis. Charges round up to the next ms
 round down to whole sats, and displays round the way the charge does (up).
 """
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from statistics import median
 
 from flask import current_app
 
@@ -15,6 +16,10 @@ TOKENS_PER_MILLION = Decimal(1_000_000)
 
 class UnknownModel(LookupError):
     """The model has no price, so nothing can be quoted for it."""
+
+
+class PriceUnavailable(Exception):
+    """No BTC/USD source has a fresh price: the Workshop quotes nothing rather than guess one."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,22 @@ def tariff():
 
 
 def btc_usd_quote():
-    """Return (BTC/USD price, source). For now the configured price; a live oracle plugs in here."""
-    return Decimal(current_app.config["BTC_USD"]), "fixed"
+    """Return (BTC/USD price, source label): the median of the fresh quotes, or the fixed price.
+
+    The label is "fixed" or "median:" and the hosts whose quotes made the median, comma-separated.
+    """
+    oracle = current_app.extensions["btc_oracle"]
+    if not oracle.sources:
+        return Decimal(current_app.config["BTC_USD"]), "fixed"
+    quotes = oracle.fresh_quotes()
+    if not quotes:
+        minutes = max(1, round(oracle.max_age / 60))
+        plural = "s" if minutes != 1 else ""
+        raise PriceUnavailable(f"Timmy can't quote right now: none of the Workshop's BTC price "
+                               f"sources has given a price in the last {minutes} minute{plural}.")
+    # To the cent, as the price is stored on the job; the median of two is their mean.
+    price = median(q.price_usd for q in quotes).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    return price, "median:" + ",".join(sorted(q.source for q in quotes))
 
 
 def fee_usd(t, model, input_tokens, output_tokens, cache_read_tokens=0, cache_write_tokens=0):
@@ -86,7 +105,7 @@ def display_refund_sats(msat):
     return (Decimal(int(msat)) / MSAT_PER_SAT).quantize(Decimal(1), rounding=ROUND_FLOOR)
 
 
-def quote(t, model, input_tokens, estimated_output_tokens, btc_usd):
+def quote(t, model, input_tokens, estimated_output_tokens, btc_usd, btc_usd_source=None):
     """Return the work quote: invoice amount and the breakdown shown to the visitor."""
     usd = fee_usd(t, model, input_tokens, estimated_output_tokens)
     amount_sats = invoice_sats(usd_to_msat(usd, btc_usd))
@@ -97,6 +116,7 @@ def quote(t, model, input_tokens, estimated_output_tokens, btc_usd):
         "estimatedTokens": input_tokens + estimated_output_tokens,
         "feeUsd": str(usd.quantize(Decimal("0.000001"), rounding=ROUND_CEILING)),
         "btcUsd": str(btc_usd),
+        "btcUsdSource": btc_usd_source or "fixed",  # jobs quoted before the oracle had a fixed price
         "marginPct": str(t.margin_pct),
         "infraUsdPerRequest": str(t.infra_usd_per_request),
         "amountSats": amount_sats,

@@ -1,11 +1,12 @@
 """The Workshop in a real Chromium (Debian's), driven by Playwright against a live gunicorn."""
+import io
 import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, free_port
 from providers import ProviderServer, Reply, Sleep
 from wire import openai_frames
 
@@ -104,7 +105,7 @@ def pay_both(page):
     card = page.locator(".job-card")
     expect(card).to_have_attribute("data-state", "awaiting_eval_payment")
     expect(page.locator(".invoice textarea.bolt11")).to_have_value(re.compile(r"^lnbcrt\w+$"))
-    expect(page.locator('.invoice a[href^="lightning:lnbcrt"]')).to_be_visible()
+    expect(page.locator('.invoice-actions a[href^="lightning:lnbcrt"]')).to_be_visible()
     pay(page, "awaiting_work_payment")
     expect(page.locator("dl.breakdown")).to_be_visible()
     expect(page.locator(".invoice")).to_have_count(1)
@@ -301,3 +302,95 @@ def test_a_refused_payment_says_why_next_to_the_job(browser, tmp_path_factory, r
             expect(page.locator(".job-card")).to_have_attribute("data-state", "awaiting_work_payment")
     finally:
         strict.stop()
+
+
+def read_qr(locator):
+    """Return the texts of the QR codes in a screenshot of what the browser drew for locator."""
+    zxingcpp = pytest.importorskip("zxingcpp", reason="zxing-cpp decodes the QR code (pip install -e '.[test]')")
+    image = pytest.importorskip("PIL.Image", reason="pillow reads the screenshot (pip install -e '.[test]')")
+    return [code.text for code in zxingcpp.read_barcodes(image.open(io.BytesIO(locator.screenshot())))]
+
+
+def countdown(page):
+    """Return the countdown's seconds left, minutes and seconds as the page computes them now."""
+    return page.evaluate("""() => { const style = getComputedStyle(document.querySelector('.invoice .countdown'));
+        return ['--seconds-left', '--minutes-left', '--seconds-part'].map(p => +style.getPropertyValue(p)); }""")
+
+
+def check_invoice(page, invoice_json):
+    """The invoice shows its amount, text, link, a QR code of the link, and a running countdown."""
+    invoice = page.locator(".invoice")
+    expect(invoice).to_have_count(1)
+    bolt11 = invoice_json["paymentRequest"]
+    expect(invoice.locator("textarea.bolt11")).to_have_value(bolt11)
+    expect(invoice.locator(".invoice-amount")).to_contain_text(f"{invoice_json['amountSats']:,} sats")
+    link = invoice.locator("a.qr-link")
+    assert link.get_attribute("href") == f"lightning:{bolt11}"
+    expect(invoice.locator('.invoice-actions a[href^="lightning:"]')).to_have_attribute("href", f"lightning:{bolt11}")
+    qr = link.locator("svg.qr")
+    expect(qr).to_be_visible()
+    # What the browser drew decodes to the link's URI (in upper case, the compact QR form; BOLT11
+    # and URI schemes ignore case).
+    assert read_qr(qr) == [f"lightning:{bolt11}".upper()]
+    # The countdown runs in CSS alone: its figures go down and add up.
+    first = countdown(page)
+    assert 0 < first[0] <= 900 and first[1] * 60 + first[2] == first[0], first
+    for _ in range(WAIT // 100):
+        now = countdown(page)
+        if now[0] < first[0]:
+            break
+        page.wait_for_timeout(100)
+    assert now[0] < first[0] and now[1] * 60 + now[2] == now[0], (first, now)
+    expect(invoice.locator(".invoice-expiry")).to_contain_text(re.compile(r"Expires \d\d:\d\d UTC"))
+    return invoice
+
+
+def test_invoices_show_a_qr_code_copy_and_countdown_and_payment_swaps_in(browser, server):
+    with visitor(browser, server, permissions=["clipboard-read", "clipboard-write"]) as page:
+        job_id = submit_job(page, "A checklist for reflowing a small circuit board.")
+        page.evaluate("window.__same_document = true")
+        job = api_job(page, job_id)
+        invoice = check_invoice(page, job["evalInvoice"])
+        copy = invoice.locator("button.copy-button")
+        expect(copy).to_have_text("Copy invoice")
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == job["evalInvoice"]["paymentRequest"]
+        # Paid from elsewhere, as from a phone's wallet: the page learns of it over its event stream.
+        assert page.request.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}").ok
+        expect(page.locator(".job-card")).to_have_attribute("data-state", "awaiting_work_payment")
+        job = api_job(page, job_id)
+        check_invoice(page, job["workInvoice"])
+        pay(page, "executing")
+        expect(page.locator(".invoice")).to_have_count(0)
+        assert page.evaluate("window.__same_document") is True  # swapped in, never reloaded
+        finish(page, job_id)
+
+
+def test_without_javascript_the_invoice_still_has_its_qr_code_and_no_copy_button(browser, server):
+    with visitor(browser, server, java_script_enabled=False) as page:
+        page.goto("/")
+        page.fill("#job-request", "A short checklist for a tidy workbench.")
+        page.get_by_role("button", name="Ask Timmy · 10 sats to evaluate").click()
+        expect(page).to_have_url(re.compile(r"/jobs/[\w-]+$"))
+        bolt11 = page.locator(".invoice textarea.bolt11").input_value()
+        assert read_qr(page.locator(".invoice svg.qr")) == [f"lightning:{bolt11}".upper()]
+        expect(page.locator(".invoice .copy-button")).to_be_hidden()
+
+
+def test_with_no_fresh_btc_price_the_form_says_so_and_no_job_starts(browser, tmp_path_factory, redis_url):
+    # A source on a loopback port nobody listens on: every quote finds no fresh price.
+    live = LiveServer(tmp_path_factory.mktemp("live"), redis_url,
+                      BTC_USD_SOURCES=f"coinbase=http://127.0.0.1:{free_port()}/v2/prices/BTC-USD/spot").start()
+    try:
+        with visitor(browser, live) as page:
+            page.goto("/")
+            page.fill("#job-request", "A parts list for a bench power supply.")
+            page.get_by_role("button", name="Ask Timmy · 10 sats to evaluate").click()
+            expect(page.locator("#job-form-error")).to_contain_text(
+                "Timmy can't quote right now: none of the Workshop's BTC price sources")
+            expect(page.locator("#job-form-error")).to_contain_text("Nothing was charged")
+            expect(page.locator(".invoice")).to_have_count(0)
+            expect(page.locator("#job-request")).to_have_value("A parts list for a bench power supply.")
+    finally:
+        live.stop()

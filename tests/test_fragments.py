@@ -83,3 +83,24 @@ def test_the_page_names_an_icon_that_is_served(client):
     href = re.search(r'<link rel="icon" href="([^"]+)"', page).group(1)
     icon = client.get(href)
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+
+
+def test_the_invoice_carries_its_qr_code_copy_button_link_and_seconds_left(app):
+    from app import qr
+    with app.test_request_context():
+        job = make_job("awaiting_eval_payment")
+        job.invoices[0].expires_at = filters.utcnow() + timedelta(seconds=600)
+        db.session.commit()
+        before = filters.seconds_left(job.invoices[0].expires_at)
+        card = fragments.card(job)
+        after = filters.seconds_left(job.invoices[0].expires_at)
+        assert str(qr.lightning_qr("lnbcrt100n1eval")) in card
+        assert 'href="lightning:lnbcrt100n1eval"' in card and ">lnbcrt100n1eval</textarea>" in card
+        assert re.search(r'<button type="button" class="button secondary copy-button" hidden data-copy="bolt11-e+', card)
+        seconds = int(re.search(r'class="countdown" role="timer" data-seconds="(\d+)"', card).group(1))
+        assert after <= seconds <= before <= 600
+        assert "10 sats</strong>" in card
+
+
+def test_seconds_left_is_never_negative():
+    assert filters.seconds_left(filters.utcnow() - timedelta(seconds=5)) == 0

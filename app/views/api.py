@@ -44,7 +44,7 @@ def job_json(job):
             "jobUrl": url_for("workshop.job_page", job_id=job.id)}
     if job.state == "awaiting_work_payment":
         body["pricingBreakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
-                                                 job.estimated_output_tokens, job.btc_usd)
+                                                 job.estimated_output_tokens, job.btc_usd, job.btc_usd_source)
     if job.ledger is not None:
         body["costLedger"] = ledger_json(job.ledger)
     return body
