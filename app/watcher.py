@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 import gevent
-from flask import g
+from flask import current_app, g
 
 from . import jobs, refunds
 from .models import Invoice, Job, Refund, db, utcnow
@@ -40,7 +40,7 @@ class Backoff:
 
 def sweep(backoff, now):
     """Check every due invoice and refund once; expire jobs whose invoice the wallet says is unpaid."""
-    config = db.get_app().config
+    config = current_app.config
     horizon = utcnow() - timedelta(seconds=config["LATE_PAYMENT_WATCH_SECONDS"])
     invoices = Invoice.query.filter(Invoice.state == "pending", Invoice.expires_at > horizon).all()
     refunds_pending = Refund.query.filter(Refund.state == "pending").all()
