@@ -1,6 +1,7 @@
 """Refunds: what is owed back is recorded; one claim, checked and paid once, settles it."""
 import logging
 import time
+from decimal import Decimal
 
 import bolt11
 from sqlalchemy import update
@@ -56,6 +57,9 @@ def check_invoice(job, refund, text):
     except Exception:
         raise RefundError("That isn't a Lightning invoice the Workshop can read (it should start "
                           "with ln…). Copy the whole invoice from your wallet.") from None
+    # Paying ourselves would move nothing back to the visitor (and could mark another job paid).
+    if db.session.get(Invoice, invoice.payment_hash) is not None:
+        raise RefundError("That is one of the Workshop's own invoices; paste one from your wallet.")
     ours = network_of(job)
     if invoice.currency != ours:
         raise RefundError(f"That invoice is for {NETWORKS.get(invoice.currency, invoice.currency)}; "
@@ -63,12 +67,12 @@ def check_invoice(job, refund, text):
     if invoice.amount_msat is None:
         raise RefundError(f"That invoice has no amount: make one for exactly {refund.amount_sats:,} sats.")
     if int(invoice.amount_msat) != refund.amount_msat:
-        raise RefundError(f"That invoice is for {int(invoice.amount_msat) / 1000:,g} sats; "
+        given = int(invoice.amount_msat)
+        given_sats = f"{given // 1000:,}" if given % 1000 == 0 else str(Decimal(given) / 1000)
+        raise RefundError(f"That invoice is for {given_sats} sats; "
                           f"make one for exactly {refund.amount_sats:,} sats.")
     if invoice.date + invoice.expiry - time.time() < MIN_INVOICE_LIFE_SECONDS:
         raise RefundError("That invoice has expired or is about to; make a new one.")
-    if db.session.get(Invoice, invoice.payment_hash) is not None:
-        raise RefundError("That is one of the Workshop's own invoices; paste one from your wallet.")
     return text.lower(), invoice
 
 
