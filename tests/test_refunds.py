@@ -229,3 +229,27 @@ def test_a_failed_evaluation_owes_the_fee_back(client, app, monkeypatch):
     job = client.get(f"/api/jobs/{job['jobId']}").json
     assert job["state"] == "failed" and "owed back" in job["errorMessage"]
     assert (job["refundState"], job["refundAmountSats"]) == ("owed", 10)
+
+
+@pytest.mark.parametrize("sent, settled", [(True, "paid"), (False, "owed")])
+def test_a_refund_whose_outcome_is_unknown_is_asked_about_never_sent_again(client, app, monkeypatch, sent, settled):
+    job = completed(client)
+    wallet = app.extensions["wallet"]
+    real_pay, calls = wallet.pay_invoice, []
+
+    def lost_answer(payment_request):
+        calls.append(payment_request)
+        if sent:
+            real_pay(payment_request)
+        raise TimeoutError("the wallet's answer was lost")
+
+    monkeypatch.setattr(wallet, "pay_invoice", lost_answer)
+    invoice = visitor_invoice(app, job["refundAmountSats"] * 1000)
+    response = client.post(f"/api/jobs/{job['jobId']}/refund", json={"invoice": invoice})
+    assert response.status_code == 200 and response.json["refundState"] == "pending"
+    assert client.post(f"/api/jobs/{job['jobId']}/refund", json={"invoice": invoice}).status_code == 409
+    sweep(app, watcher.Backoff(8), 0)
+    assert client.get(f"/api/jobs/{job['jobId']}").json["refundState"] == settled
+    assert len(calls) == 1
+    with app.app_context():
+        assert DevPayment.query.count() == (1 if sent else 0)
