@@ -91,15 +91,15 @@ def on_payment(payment_hash):
     if invoice is None or not first:
         return invoice and invoice.job
     job = invoice.job
+    waiting, working = (("awaiting_eval_payment", "evaluating") if invoice.kind == "eval"
+                        else ("awaiting_work_payment", "executing"))
     # A payment that arrives after the invoice expired still runs the job.
-    step = {"eval": ("awaiting_eval_payment", "evaluating", evaluate),
-            "work": ("awaiting_work_payment", "executing", None)}[invoice.kind]
-    if transition(job, step[0], step[1]) or transition(job, "expired", step[1], reason=None):
-        if step[2] is None:
+    if transition(job, waiting, working) or transition(job, "expired", working, reason=None):
+        if invoice.kind == "eval":
+            spawn(evaluate, job.id)
+        else:
             from .runner import execute
             spawn(execute, job.id)
-        else:
-            spawn(step[2], job.id)
     else:
         # The job can no longer run: the money is owed back, never kept silently.
         log.warning("job %s: %s invoice paid in state %s; owed back", job.id, invoice.kind, job.state)

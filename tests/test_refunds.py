@@ -9,6 +9,8 @@ import bolt11
 import pytest
 from bolt11.models.tags import TagChar, Tags
 from flask import g
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app import jobs, watcher
 from app.lightning import get_wallet
@@ -22,7 +24,8 @@ from test_jobs import REQUEST, create, pay, run_to_completion
 @pytest.fixture
 def app(make_app):
     # Cheap BTC: a work invoice of thousands of sats, so the actual cost leaves a refund owed.
-    return make_app(BTC_USD=Decimal("100"))
+    # A high payment limit: the property test below sends many claims in a minute.
+    return make_app(BTC_USD=Decimal("100"), PAY_RATE_LIMIT="1000 per minute")
 
 
 def visitor_invoice(app, msat):
@@ -253,3 +256,18 @@ def test_a_refund_whose_outcome_is_unknown_is_asked_about_never_sent_again(clien
     assert len(calls) == 1
     with app.app_context():
         assert DevPayment.query.count() == (1 if sent else 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=3000), st.just("lnbcrt" + "q" * 400),
+                      st.text(alphabet="qpzry9x8gf2tvdw0s3jn54khce6mua7l1", min_size=1, max_size=300)
+                      .map(lambda t: "lnbcrt1" + t)))
+def test_any_text_as_a_refund_invoice_is_a_clear_4xx_and_pays_nothing(client, app, text):
+    job = refund_job.get(id(app)) or refund_job.setdefault(id(app), completed(client))
+    response = client.post(f"/api/jobs/{job['jobId']}/refund", json={"invoice": text})
+    assert response.status_code == 400 and response.json["error"]
+    with app.app_context():
+        assert DevPayment.query.count() == 0
+
+
+refund_job = {}

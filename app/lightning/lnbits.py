@@ -1,6 +1,6 @@
 """An LNbits wallet over its REST API: invoices with the invoice key, payments with the admin key."""
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime, timezone
 
 import bolt11
 import httpx2
@@ -47,7 +47,7 @@ class LNbitsWallet:
         decoded = bolt11.decode(data["bolt11"])
         if decoded.payment_hash != data["payment_hash"] or decoded.amount_msat != amount_msat:
             raise WalletError("The Lightning wallet returned an invoice that doesn't match.", 502)
-        expires_at = datetime.utcfromtimestamp(decoded.date) + timedelta(seconds=decoded.expiry)
+        expires_at = datetime.fromtimestamp(decoded.date + decoded.expiry, timezone.utc).replace(tzinfo=None)
         return NewInvoice(data["payment_hash"], data["bolt11"], amount_msat, expires_at)
 
     def _payment(self, payment_hash, key):
