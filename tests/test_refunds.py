@@ -3,7 +3,9 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
+import os
 import secrets
+import threading
 
 import bolt11
 import pytest
@@ -12,7 +14,7 @@ from flask import g
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import jobs, watcher
+from app import jobs, refunds, watcher
 from app.lightning import get_wallet
 from app.lightning.dev import DevInvoice, DevPayment
 from app.models import Invoice, Job, Refund, db, utcnow
@@ -271,3 +273,50 @@ def test_any_text_as_a_refund_invoice_is_a_clear_4xx_and_pays_nothing(client, ap
 
 
 refund_job = {}
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"),
+                    reason="TEST_DATABASE_URL unset: no PostgreSQL server to race claims on")
+def test_two_claims_racing_on_postgres_pay_once(make_app, monkeypatch):
+    app = make_app(DATABASE_URL=os.environ["TEST_DATABASE_URL"], BTC_USD=Decimal("100"))
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    try:
+        job = completed(app.test_client())
+        amount = job["refundAmountSats"] * 1000
+        invoices = [visitor_invoice(app, amount) for _ in range(2)]
+        # Both claims pass every check, then race for the conditional update at the same moment.
+        barrier, real_check = threading.Barrier(2), refunds.check_invoice
+
+        def check_then_wait(*args):
+            checked = real_check(*args)
+            barrier.wait(10)
+            return checked
+
+        monkeypatch.setattr(refunds, "check_invoice", check_then_wait)
+        outcomes = []
+
+        def claim(invoice):
+            with app.test_request_context():
+                try:
+                    outcomes.append(refunds.claim(db.session.get(Job, job["jobId"]), invoice).state)
+                except refunds.RefundError as error:
+                    outcomes.append((error.status, error.refund.payment_hash))
+                finally:
+                    db.session.remove()
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in invoices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        with app.app_context():
+            payments = DevPayment.query.all()
+            assert len(payments) == 1
+            assert sorted(outcomes, key=str) == sorted(["paid", (409, payments[0].payment_hash)], key=str)
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
