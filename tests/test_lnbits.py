@@ -11,7 +11,7 @@ from flask import g
 from app import jobs, watcher
 from app.lightning import webhook
 from app.lightning.dev import DevWallet
-from app.models import Invoice, Job, db, utcnow
+from app.models import Invoice, db, utcnow
 
 from conftest import LiveServer, wait_for_jobs
 

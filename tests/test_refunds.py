@@ -14,13 +14,13 @@ from flask import g
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import jobs, refunds, watcher
+from app import refunds, watcher
 from app.lightning import get_wallet
 from app.lightning.dev import DevInvoice, DevPayment
 from app.models import Invoice, Job, Refund, db, utcnow
 
 from conftest import wait_for_jobs
-from test_jobs import REQUEST, create, pay, run_to_completion
+from test_jobs import create, pay, run_to_completion
 
 
 @pytest.fixture
