@@ -33,18 +33,19 @@ class LNbitsServer:
         self.token = None
 
     def start(self):
-        package = subprocess.run([str(self.python), "-c", "import lnbits, os; print(os.path.dirname(lnbits.__file__))"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
-        link = self.folder / "lnbits"
-        if not link.exists():
-            link.symlink_to(package)
         env = {**os.environ, "LNBITS_DATA_FOLDER": str(self.folder / "data"),
                "LNBITS_EXTENSIONS_PATH": str(self.folder / "data"),
                "LNBITS_BACKEND_WALLET_CLASS": "FakeWallet", "LNBITS_ADMIN_UI": "true",
                # Payment notices go to the Workshop on loopback, which LNbits refuses by default.
                "LNBITS_CALLBACK_ALLOW_PRIVATE_IPS": "true",
                "LNBITS_CALLBACK_URL_RULES": '["http://127\\\\.0\\\\.0\\\\.1(:\\\\d+)?"]'}
+        # Importing lnbits writes into its data folder: keep that in the server's folder too.
+        package = subprocess.run([str(self.python), "-c", "import lnbits, os; print(os.path.dirname(lnbits.__file__))"],
+                                 capture_output=True, text=True, check=True, cwd=self.folder, env=env).stdout.strip()
+        link = self.folder / "lnbits"
+        if not link.exists():
+            link.symlink_to(package)
         self.process = subprocess.Popen(
             [str(self.python.parent / "lnbits"), "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=self.folder, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
