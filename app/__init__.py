@@ -35,7 +35,7 @@ def create_app(test_config=None):
     # A typo in a template is an error, not an empty string on a visitor's screen.
     app.jinja_env.undefined = jinja2.StrictUndefined
 
-    from . import agent, bus, errors, filters, lightning, models, oracle, security, views
+    from . import agent, bus, errors, filters, lightning, models, oracle, security, views, watcher
     models.init_app(app)
     bus.init_app(app)
     agent.init_app(app)
@@ -46,4 +46,5 @@ def create_app(test_config=None):
     errors.init_app(app)
     views.init_app(app)
     models.create_tables(app)
+    watcher.init_app(app)
     return app

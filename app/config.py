@@ -81,7 +81,22 @@ def from_environment():
         # The work model's context window: prompt plus MAX_OUTPUT_TOKENS must fit in it.
         "MODEL_CONTEXT_TOKENS": _int("MODEL_CONTEXT_TOKENS", 128000),
         "DEMO_TOKENS_PER_SECOND": _decimal("DEMO_TOKENS_PER_SECOND", "30"),
+        # dev: the development wallet (and its pay endpoint); lnbits: an LNbits server's wallet.
         "WALLET": os.environ.get("WALLET", "dev"),
+        # LNbits: the server, the wallet's invoice key (invoices, checks) and admin key (refunds).
+        "LNBITS_URL": os.environ.get("LNBITS_URL"),
+        "LNBITS_INVOICE_KEY": os.environ.get("LNBITS_INVOICE_KEY"),
+        "LNBITS_ADMIN_KEY": os.environ.get("LNBITS_ADMIN_KEY"),
+        "LNBITS_TIMEOUT_SECONDS": _decimal("LNBITS_TIMEOUT_SECONDS", "20"),
+        # Where LNbits can reach this app; set, LNbits notifies payments at once (the watcher
+        # still checks every invoice, so notices are a shortcut, never the only way).
+        "LNBITS_WEBHOOK_BASE_URL": os.environ.get("LNBITS_WEBHOOK_BASE_URL"),
+        # The watcher greenlet asks the wallet about open invoices: "0" turns it off (tests do).
+        "PAYMENT_WATCHER": os.environ.get("PAYMENT_WATCHER", "1") not in ("0", "false", "off", ""),
+        # Longest wait between two checks of one invoice (the wait doubles from 1 s).
+        "WATCH_MAX_INTERVAL_SECONDS": _int("WATCH_MAX_INTERVAL_SECONDS", 30),
+        # How long an expired invoice is still watched: a payment that arrives late runs the job.
+        "LATE_PAYMENT_WATCH_SECONDS": _int("LATE_PAYMENT_WATCH_SECONDS", 86400),
         "EVAL_FEE_SATS": _int("EVAL_FEE_SATS", 10),
         "MARGIN_PCT": _decimal("MARGIN_PCT", "20"),
         "INFRA_USD_PER_REQUEST": _decimal("INFRA_USD_PER_REQUEST", "0.0005"),

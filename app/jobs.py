@@ -6,11 +6,11 @@ import gevent
 from flask import current_app, g
 from sqlalchemy import update
 
-from . import events, pricing
+from . import events, pricing, refunds
 from .agent import ProviderError, get_agent
-from .lightning import get_wallet
+from .lightning import get_wallet, webhook
 from .metering import count_tokens
-from .models import Invoice, Job, db, utcnow
+from .models import Invoice, Job, db, new_id, utcnow
 
 log = logging.getLogger(__name__)
 running = {}  # job id -> greenlet, for tests and for stopping
@@ -56,7 +56,8 @@ def create_job(visitor_id, request_text):
     except pricing.PriceUnavailable as error:
         raise JobError(f"{error} Nothing was charged; please try again in a few minutes.", 503) from None
     fee_msat = current_app.config["EVAL_FEE_SATS"] * pricing.MSAT_PER_SAT
-    job = Job(visitor_id=visitor_id, request=text, model=agent.model)
+    # The id is set here, not on insert: the invoice's payment notice names the job.
+    job = Job(id=new_id(), visitor_id=visitor_id, request=text, model=agent.model)
     _add_invoice(job, "eval", fee_msat, "Timmy's Workshop: evaluation fee")
     db.session.add(job)
     db.session.commit()
@@ -64,7 +65,8 @@ def create_job(visitor_id, request_text):
 
 
 def _add_invoice(job, kind, amount_msat, memo):
-    new = get_wallet().create_invoice(amount_msat, memo, current_app.config["INVOICE_EXPIRY_SECONDS"])
+    new = get_wallet().create_invoice(amount_msat, memo, current_app.config["INVOICE_EXPIRY_SECONDS"],
+                                      webhook_url=webhook.notify_url(job.id))
     job.invoices.append(Invoice(payment_hash=new.payment_hash, kind=kind, amount_msat=new.amount_msat,
                                 payment_request=new.payment_request, expires_at=new.expires_at))
 
@@ -81,7 +83,11 @@ def transition(job, from_state, to_state, **values):
 
 
 def on_payment(payment_hash):
-    """Advance the job whose invoice the wallet confirms paid; a second confirmation changes nothing."""
+    """Advance the job whose invoice the wallet confirms paid; a second confirmation changes nothing.
+
+    Every way a payment is noticed (the watcher, a webhook, the development wallet) comes here,
+    and only the wallet's own answer counts.
+    """
     if not get_wallet().is_paid(payment_hash):
         return None
     first = db.session.execute(update(Invoice).where(Invoice.payment_hash == payment_hash,
@@ -92,11 +98,21 @@ def on_payment(payment_hash):
     if invoice is None or not first:
         return invoice and invoice.job
     job = invoice.job
-    if invoice.kind == "eval" and transition(job, "awaiting_eval_payment", "evaluating"):
-        spawn(evaluate, job.id)
-    elif invoice.kind == "work" and transition(job, "awaiting_work_payment", "executing"):
-        from .runner import execute
-        spawn(execute, job.id)
+    waiting, working = (("awaiting_eval_payment", "evaluating") if invoice.kind == "eval"
+                        else ("awaiting_work_payment", "executing"))
+    # A payment that arrives after the invoice expired still runs the job.
+    if transition(job, waiting, working) or transition(job, "expired", working, reason=None):
+        if invoice.kind == "eval":
+            spawn(evaluate, job.id)
+        else:
+            from .runner import execute
+            spawn(execute, job.id)
+    else:
+        # The job can no longer run: the money is owed back, never kept silently.
+        log.warning("job %s: %s invoice paid in state %s; owed back", job.id, invoice.kind, job.state)
+        refunds.owe(job, invoice.amount_msat, "late")
+        db.session.commit()
+        events.publish_state(job)
     return job
 
 
@@ -135,15 +151,16 @@ def evaluate(job_id):
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
                    btc_usd=btc_usd, btc_usd_source=btc_usd_source)
     except Exception as error:
-        if isinstance(error, ProviderError):  # expected and already explained: no traceback
+        if isinstance(error, (ProviderError, pricing.PriceUnavailable)):  # expected, explained
             log.warning("evaluation of job %s failed: %s", job_id, error)
         else:
             log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
         known = (ProviderError, pricing.PriceUnavailable)
         reason = str(error) if isinstance(error, known) else "Timmy could not evaluate the request."
-        transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is not "
-                   "refunded automatically; contact the operator.")
+        refunds.owe(job, job.invoice("eval").amount_msat, "eval_failed")
+        transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is owed "
+                   "back to you: claim it below with an invoice.")
 
 
 def spawn(fn, *args):

@@ -48,6 +48,7 @@ class Job(db.Model):
 
     invoices = db.relationship("Invoice", back_populates="job", order_by="Invoice.created_at")
     ledger = db.relationship("CostLedger", back_populates="job", uselist=False)
+    refund = db.relationship("Refund", back_populates="job", uselist=False)
 
     @property
     def is_final(self):
@@ -94,6 +95,27 @@ class CostLedger(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
     job = db.relationship("Job", back_populates="ledger")
+
+
+class Refund(db.Model):
+    """Money owed back to a job's visitor, and its payment once claimed: one per job."""
+    job_id = db.Column(db.String(32), db.ForeignKey("job.id"), primary_key=True)
+    amount_msat = db.Column(db.BigInteger, nullable=False)  # whole sats, rounded down
+    reason = db.Column(db.String(16), nullable=False)  # "overpaid" | "late" | "eval_failed"
+    state = db.Column(db.String(16), nullable=False, default="owed")  # owed | pending | paid
+    # The visitor's invoice and its payment hash, set by the one claim that wins.
+    payment_request = db.Column(db.Text)
+    payment_hash = db.Column(db.String(64), unique=True)
+    error_message = db.Column(db.Text)  # why the last attempt failed, shown with the form
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    claimed_at = db.Column(db.DateTime)
+    paid_at = db.Column(db.DateTime)
+
+    job = db.relationship("Job", back_populates="refund")
+
+    @property
+    def amount_sats(self):
+        return self.amount_msat // 1000
 
 
 def database_url(app):

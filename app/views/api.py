@@ -1,7 +1,7 @@
 """The JSON API, mirroring the original Workshop, for scripts and agents (same cookie session)."""
 from flask import Blueprint, abort, jsonify, request, url_for
 
-from .. import jobs, pricing, visitors
+from .. import jobs, pricing, refunds, visitors
 from ..security import limit, same_origin_only
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -41,7 +41,7 @@ def job_json(job):
             "workInvoice": invoice_json(job.invoice("work")), "reason": job.reason,
             "result": job.result, "errorMessage": job.error_message,
             "streamUrl": url_for("workshop.job_events", job_id=job.id),
-            "jobUrl": url_for("workshop.job_page", job_id=job.id)}
+            "jobUrl": url_for("workshop.job_page", job_id=job.id), **refunds.refund_json(job)}
     if job.state == "awaiting_work_payment":
         body["pricingBreakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
                                                  job.estimated_output_tokens, job.btc_usd, job.btc_usd_source)
@@ -95,3 +95,21 @@ def stop_job(job_id):
 def get_job(job_id):
     """Return the job's current state."""
     return jsonify(job_json(jobs.expire_if_due(visitors.owned_job_or_404(job_id))))
+
+
+@bp.post("/jobs/<job_id>/refund")
+@limit("PAY_RATE_LIMIT")
+def claim_refund(job_id):
+    """Pay what the job owes back to the visitor's invoice: 200 once; a second claim is 409."""
+    job = visitors.owned_job_or_404(job_id)
+    payload = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(payload, dict) or not isinstance(payload.get("invoice"), str):
+        abort(400, 'Send a JSON object with an "invoice" string: a BOLT11 invoice for the refund.')
+    try:
+        refunds.claim(job, payload["invoice"])
+    except refunds.RefundError as error:
+        body = {"error": str(error), "jobId": job.id}
+        if error.refund is not None:
+            body.update(refunds.refund_json(job))
+        return jsonify(body), error.status
+    return jsonify({"jobId": job.id, **refunds.refund_json(job)})
