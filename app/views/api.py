@@ -102,7 +102,7 @@ def get_job(job_id):
 def claim_refund(job_id):
     """Pay what the job owes back to the visitor's invoice: 200 once; a second claim is 409."""
     job = visitors.owned_job_or_404(job_id)
-    payload = request.get_json(silent=True) if request.is_json else None
+    payload = json_body() if request.is_json else None
     if not isinstance(payload, dict) or not isinstance(payload.get("invoice"), str):
         abort(400, 'Send a JSON object with an "invoice" string: a BOLT11 invoice for the refund.')
     try:
