@@ -32,13 +32,18 @@ class JobEvents(ServerSentEventsBlueprint):
         return bus.client()
 
     def publish_frames(self, job, frames, live_figures=None):
-        """Publish frames to the job's channel, updating its live state in the same transaction."""
+        """Publish frames to the job's channel, updating its live state in the same transaction.
+
+        Return whether the visitor has asked to stop the job: a running job learns it from the
+        round trip it makes anyway.
+        """
         with self.redis.pipeline(transaction=True) as pipe:
             if live_figures is not None:
                 live.write(pipe, job, **live_figures)
             for frame in frames:
                 pipe.publish(channel(job), json.dumps(frame))
-            pipe.execute()
+            pipe.exists(_stop_key(job))
+            return bool(pipe.execute()[-1])
 
     def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
@@ -116,12 +121,16 @@ sse = JobEvents("events", __name__)
 
 def request_stop(job):
     """Ask whichever process runs the job to stop it (it checks at every ticker tick)."""
-    bus.client().set(f"job:{job.channel}:stop", 1, ex=3600)
+    bus.client().set(_stop_key(job), 1, ex=3600)
 
 
 def stop_requested(job):
     """Tell whether the visitor asked to stop the job."""
-    return bool(bus.client().exists(f"job:{job.channel}:stop"))
+    return bool(bus.client().exists(_stop_key(job)))
+
+
+def _stop_key(job):
+    return f"job:{job.channel}:stop"
 
 
 def channel(job):
@@ -138,10 +147,10 @@ def publish_state(job):
 
 
 def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False):
-    """Publish a ticker frame (absolute figures) and any new answer text."""
+    """Publish a ticker frame (absolute figures) and any new answer text; return stop_requested."""
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    sse.publish_frames(job, frames, live_figures={**figures, "text": text})
+    return sse.publish_frames(job, frames, live_figures={**figures, "text": text})

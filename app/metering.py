@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import gevent
 import regex
 import tiktoken
 
@@ -34,6 +35,12 @@ UNSETTLED_PIECES = 3
 # scan costs microseconds, and on every small chunk it would mostly rescan the
 # same unsettled pieces.
 SCAN_EVERY_CHARS = 32
+
+# Encoding more text than this at once moves to gevent's threadpool. tiktoken encodes about
+# 4 M tokens/s here and releases the GIL while it does, so a big prompt or tail would otherwise
+# stall every greenlet of the worker (1 MB: ~85 ms); below this (~1 ms of work) the hand-over to
+# a thread costs more than it saves.
+POOL_CHARS = 16_384
 
 _load_lock = threading.Lock()
 
@@ -73,10 +80,22 @@ def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
                 os.environ["TIKTOKEN_CACHE_DIR"] = saved
 
 
+def off_hub(size: int, fn, *args):
+    """Return fn(*args), run in gevent's threadpool when size (characters) is large enough to stall."""
+    if size < POOL_CHARS:
+        return fn(*args)
+    # apply() runs fn at once when called from the hub or a pool thread itself.
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def _count(enc: tiktoken.Encoding, text: str) -> int:
+    # encode_ordinary: user text may contain "<|endoftext|>"; it is plain text.
+    return len(enc.encode_ordinary(text))
+
+
 def count_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     """Return the number of tokens in text."""
-    # encode_ordinary: user text may contain "<|endoftext|>"; it is plain text.
-    return len(get_encoding(encoding).encode_ordinary(text))
+    return off_hub(len(text), _count, get_encoding(encoding), text)
 
 
 class Meter:
@@ -121,7 +140,7 @@ class Meter:
     def tokens(self) -> int:
         """Return the exact token count of all the text fed so far."""
         if self._tail_tokens is None:
-            self._tail_tokens = len(self._enc.encode_ordinary(self._tail))
+            self._tail_tokens = off_hub(len(self._tail), _count, self._enc, self._tail)
         return self._settled + self._tail_tokens
 
     def _add(self, text: str) -> None:
@@ -132,11 +151,16 @@ class Meter:
         self._tail_tokens = None
         if len(self._tail) - self._scanned < self._scan_every:
             return
-        tail = self._tail
-        starts = [m.start() for m in self._pattern.finditer(tail)]
-        if len(starts) > UNSETTLED_PIECES:
-            bounds = starts[: len(starts) - UNSETTLED_PIECES + 1]
-            encode = self._enc.encode_ordinary
-            self._settled += sum(len(encode(tail[a:b])) for a, b in zip(bounds, bounds[1:]))
-            self._tail = tail[bounds[-1]:]
+        # A large chunk, or a long tail finished at once, is settled off the hub.
+        settled, self._tail = off_hub(len(self._tail), self._settle, self._tail)
+        self._settled += settled
         self._scanned = len(self._tail)
+
+    def _settle(self, tail: str) -> tuple[int, str]:
+        """Return the tokens of tail's settled pieces and the unsettled rest."""
+        starts = [m.start() for m in self._pattern.finditer(tail)]
+        if len(starts) <= UNSETTLED_PIECES:
+            return 0, tail
+        bounds = starts[: len(starts) - UNSETTLED_PIECES + 1]
+        encode = self._enc.encode_ordinary
+        return sum(len(encode(tail[a:b])) for a, b in zip(bounds, bounds[1:])), tail[bounds[-1]:]

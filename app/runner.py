@@ -1,5 +1,6 @@
 """Run a paid job: provider delta -> meter -> pricing -> fragment -> publish, then settle the bill."""
 import logging
+import time
 
 import gevent
 import gevent.event
@@ -29,32 +30,58 @@ class Progress:
         self.sent = 0  # characters of text already published
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
-        self.done = gevent.event.Event()
+        self.changed = gevent.event.Event()  # something arrived since the ticker last looked
+        self.done = False
 
     def add(self, delta):
         self.text += self.meter.feed(delta)
+        self.changed.set()
+
+    def think(self, thinking):
+        self.thinking = thinking
+        self.changed.set()
+
+    def end(self):
+        """Tell the ticker that the stream is over (the caller sends the last frame)."""
+        self.done = True
+        self.changed.set()
 
     def flush(self):
-        """Publish one ticker frame with absolute figures, plus the text not yet sent."""
+        """Publish one ticker frame with absolute figures, plus the text not yet sent.
+
+        Return whether the visitor has asked to stop (read in the same Redis round trip).
+        """
         output_tokens = self.meter.tokens
         msat = pricing.charge_msat(self.tariff, self.job.model, self.input_tokens, output_tokens,
                                    self.job.btc_usd)
         start, self.sent = self.sent, len(self.text)
-        events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
-                                output_tokens=output_tokens, msat=msat, thinking=self.thinking,
-                                text=self.text[start:], start=start)
+        return events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
+                                       output_tokens=output_tokens, msat=msat, thinking=self.thinking,
+                                       text=self.text[start:], start=start)
 
     def flush_every(self, interval, runner):
-        """Flush at most once per interval while something new has arrived; pass on a Stop."""
-        last = None
-        while not self.done.wait(interval):
-            if events.stop_requested(self.job):
-                runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
+        """Flush as soon as something new arrives, at most once per interval; pass on a Stop."""
+        # Leading edge: a delta arriving after a quiet interval is published at once, so a
+        # viewer sees it within milliseconds; deltas arriving faster than that wait for the end
+        # of the interval and go out together in one frame.
+        last, next_at = None, 0.0
+        while True:
+            self.changed.wait(interval)  # idle: wake anyway to look for a Stop
+            wait = next_at - time.monotonic()
+            if wait > 0 and not self.done:
+                gevent.sleep(wait)
+            self.changed.clear()
+            if self.done:
                 return
             mark = (len(self.text), self.meter.tokens, self.thinking)
             if mark != last:
-                self.flush()
-                last = mark
+                stop = self.flush()
+                last, next_at = mark, time.monotonic() + interval
+            else:
+                stop = events.stop_requested(self.job)
+            if stop:
+                runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
+                return
 
 
 def execute(job_id):
@@ -73,9 +100,9 @@ def execute(job_id):
         for item in agent.stream(job.request, max_tokens=cap):
             if isinstance(item, TextDelta):
                 progress.add(item.text)
-                progress.thinking = False
+                progress.think(False)
             elif isinstance(item, Thinking):
-                progress.thinking = not progress.text
+                progress.think(not progress.text)
             elif isinstance(item, Usage):
                 usage = item  # cumulative: the latest report wins
     except StopJob:
@@ -87,7 +114,7 @@ def execute(job_id):
         error = "Timmy stopped before finishing the answer. You are charged only for what was produced."
     finally:
         # Let the ticker finish a frame it has begun rather than kill it inside a Redis call.
-        progress.done.set()
+        progress.end()
         ticker.join()
     progress.text += progress.meter.finish()
     progress.thinking = False

@@ -406,3 +406,74 @@ def test_get_encoding_loads_offline(monkeypatch, fresh_encodings):
     # Pointed at the app's files only while loading.
     assert os.environ["TIKTOKEN_CACHE_DIR"] == "elsewhere"
     assert isinstance(enc, tiktoken.Encoding)
+
+
+# --- large work off the gevent hub -----------------------------------------------
+
+def _encode_calls(monkeypatch):
+    """Record (thread, characters) of every encode_ordinary call."""
+    import threading
+    import tiktoken
+    calls, original = [], tiktoken.Encoding.encode_ordinary
+
+    def recording(self, text):
+        calls.append((threading.get_ident(), len(text)))
+        return original(self, text)
+
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", recording)
+    return calls
+
+
+def test_large_tokenizer_work_runs_in_the_threadpool_and_small_work_does_not(monkeypatch):
+    import threading
+    from app import metering
+    calls = _encode_calls(monkeypatch)
+    main = threading.get_ident()
+
+    def on_hub():
+        return sum(n for thread, n in calls if thread == main)
+
+    def off_hub():
+        return sum(n for thread, n in calls if thread != main)
+
+    big = " ".join(["word"] * metering.POOL_CHARS)
+    assert count_tokens("a short prompt") == 3 and on_hub() == 14 and off_hub() == 0
+    calls.clear()
+    assert count_tokens(big) == metering.POOL_CHARS and on_hub() == 0 and off_hub() == len(big)
+    # A Meter handed a big chunk settles it off the hub; only the short tail is counted in place.
+    calls.clear()
+    meter = Meter()
+    meter.feed(big)
+    assert meter.tokens == metering.POOL_CHARS
+    assert on_hub() < 20 and off_hub() > len(big) - 20
+    # A long tail (one piece that never settles) is counted off the hub too.
+    calls.clear()
+    meter = Meter()
+    meter.feed("x" * (metering.POOL_CHARS + 1))
+    assert meter.tokens == count_tokens("x" * (metering.POOL_CHARS + 1)) and on_hub() == 0
+    # What providers send, small chunks, is scanned and counted in place.
+    calls.clear()
+    meter = Meter()
+    for chunk in ["a ", "stream ", "of ", "small ", "chunks"] * 20:
+        meter.feed(chunk)
+    assert meter.tokens == 100 and off_hub() == 0 and on_hub() > 0
+
+
+def test_other_greenlets_run_while_a_large_prompt_is_counted():
+    import gevent
+    ticks = [0]
+
+    def spin():
+        while True:
+            ticks[0] += 1
+            gevent.sleep(0)
+
+    spinner = gevent.spawn(spin)
+    gevent.sleep(0)
+    text = "Timmy counts tokens. " * 200_000  # 4 MB: ~1 M tokens, hundreds of milliseconds of work
+    expected = len(get_encoding().encode_ordinary(text))
+    before = ticks[0]
+    assert count_tokens(text) == expected
+    # Done on the hub, the encode would block every greenlet: the spinner would not move at all.
+    assert ticks[0] > before
+    spinner.kill()
