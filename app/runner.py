@@ -15,6 +15,11 @@ from .models import CostLedger, Job, db
 log = logging.getLogger(__name__)
 
 
+# Frames the ticker may send back to back after a quiet spell. A provider streaming right at
+# TICKER_MAX_FPS jitters around it; without this slack every early delta would wait.
+BURST_FRAMES = 2
+
+
 class StopJob(gevent.GreenletExit):
     """The visitor pressed Stop. A BaseException, so no provider code mistakes it for an error."""
 
@@ -26,7 +31,8 @@ class Progress:
         self.job = job
         self.input_tokens = input_tokens
         self.meter = Meter(encoding)
-        self.text = ""
+        self.text = ""  # what has been counted; deltas wait in pending until the next look
+        self.pending = []
         self.sent = 0  # characters of text already published
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
@@ -34,8 +40,17 @@ class Progress:
         self.done = False
 
     def add(self, delta):
-        self.text += self.meter.feed(delta)
+        # Deltas are counted when the ticker looks, not one by one as they arrive: one meter
+        # call per frame instead of one per delta keeps counting near the cost of one encode.
+        self.pending.append(delta)
         self.changed.set()
+
+    def absorb(self):
+        """Count the deltas that arrived since the last look."""
+        if self.pending:
+            text = "".join(self.pending)
+            self.pending.clear()
+            self.text += self.meter.feed(text)
 
     def think(self, thinking):
         self.thinking = thinking
@@ -51,6 +66,7 @@ class Progress:
 
         Return whether the visitor has asked to stop (read in the same Redis round trip).
         """
+        self.absorb()
         output_tokens = self.meter.tokens
         msat = pricing.charge_msat(self.tariff, self.job.model, self.input_tokens, output_tokens,
                                    self.job.btc_usd)
@@ -60,28 +76,35 @@ class Progress:
                                        text=self.text[start:], start=start)
 
     def flush_every(self, interval, runner):
-        """Flush as soon as something new arrives, at most once per interval; pass on a Stop."""
-        # Leading edge: a delta arriving after a quiet interval is published at once, so a
-        # viewer sees it within milliseconds; deltas arriving faster than that wait for the end
-        # of the interval and go out together in one frame.
-        last, next_at = None, 0.0
+        """Flush as soon as something new arrives, at most once per interval on average; pass on a Stop."""
+        # A bucket of frame credits, refilled one per interval: a delta arriving with a credit
+        # left is published at once, so a viewer sees it within milliseconds; deltas arriving
+        # faster than the limit wait for the next credit and go out together in one frame.
+        last, credit, at = None, float(BURST_FRAMES), time.monotonic()
         while True:
             self.changed.wait(interval)  # idle: wake anyway to look for a Stop
-            wait = next_at - time.monotonic()
-            if wait > 0 and not self.done:
-                gevent.sleep(wait)
+            credit, at = self._refill(credit, at, interval)
+            if credit < 1 and not self.done:
+                gevent.sleep((1 - credit) * interval)
+                credit, at = self._refill(credit, at, interval)
             self.changed.clear()
             if self.done:
                 return
+            self.absorb()
             mark = (len(self.text), self.meter.tokens, self.thinking)
             if mark != last:
                 stop = self.flush()
-                last, next_at = mark, time.monotonic() + interval
+                last, credit = mark, credit - 1
             else:
                 stop = events.stop_requested(self.job)
             if stop:
                 runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
                 return
+
+    @staticmethod
+    def _refill(credit, at, interval):
+        now = time.monotonic()
+        return min(BURST_FRAMES, credit + (now - at) / interval), now
 
 
 def execute(job_id):
@@ -89,6 +112,11 @@ def execute(job_id):
     job = db.session.get(Job, job_id)
     agent = get_agent()
     progress = Progress(job, count_tokens(agent.prompt(job.request)), agent.encoding)
+    # A stream lasts minutes: hold no database connection meanwhile, or a few dozen jobs at
+    # once would drain the pool and every other request would wait. The ticker needs only the
+    # job's loaded columns; settling loads it again.
+    db.session.expunge(job)
+    db.session.rollback()
     progress.flush()  # the ticker starts at the input tokens at once
     # The ticker runs in its own greenlet, which starts with no context of its own.
     ticker = gevent.spawn(copy_current_request_context(progress.flush_every),
@@ -102,7 +130,7 @@ def execute(job_id):
                 progress.add(item.text)
                 progress.think(False)
             elif isinstance(item, Thinking):
-                progress.think(not progress.text)
+                progress.think(not progress.text and not progress.pending)
             elif isinstance(item, Usage):
                 usage = item  # cumulative: the latest report wins
     except StopJob:
@@ -116,10 +144,11 @@ def execute(job_id):
         # Let the ticker finish a frame it has begun rather than kill it inside a Redis call.
         progress.end()
         ticker.join()
+    progress.absorb()
     progress.text += progress.meter.finish()
     progress.thinking = False
     progress.flush()  # the last frame is always delivered
-    settle(job, progress, usage, error, note)
+    settle(db.session.get(Job, job_id), progress, usage, error, note)
 
 
 def settle(job, progress, usage, error=None, note=None):

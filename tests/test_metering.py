@@ -140,7 +140,7 @@ def test_big_text_random_chunks_and_bounded_state(scan_every):
         meter.feed(BIG[i:i + n])
         i += n
         # The meter keeps only a short tail, never the whole text.
-        assert len(meter._tail) < 200
+        assert len(meter._tail) < metering.SCAN_EVERY_CHARS + 64
     assert meter.tokens == full(BIG)
 
 
@@ -279,6 +279,30 @@ def test_any_byte_split_counts_exactly(encoding, text, data, scan_every):
     assert tokens == full(text, encoding)
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=500, deadline=None)
+@given(case=split_texts(), cut_every=st.sampled_from([0, 1, 5]))
+def test_cutting_at_word_ends_counts_exactly(encoding, case, cut_every):
+    # The word-end cut alone (the piece scan switched off), as often as possible: after a letter
+    # or digit, a space always starts a new piece.
+    text, chunks = case
+    meter = Meter(encoding)
+    meter._cut_every, meter._scan_every = cut_every, 10 ** 9
+    decoded = ""
+    for chunk in chunks:
+        decoded += meter.feed(chunk)
+        assert meter.tokens == full(decoded, encoding), (decoded, chunk)
+    assert decoded == text
+
+
+def test_a_streamed_answer_is_cut_at_word_ends_and_keeps_a_short_tail():
+    meter = Meter()
+    for i in range(5000):
+        meter.feed(" word" if i % 7 else ", and")
+        assert len(meter._tail) <= metering.CUT_EVERY_CHARS + 5
+    assert meter.tokens == full("".join(" word" if i % 7 else ", and" for i in range(5000)))
+
+
 # --- bytes ---------------------------------------------------------------------
 
 
@@ -411,13 +435,17 @@ def test_get_encoding_loads_offline(monkeypatch, fresh_encodings):
 # --- large work off the gevent hub -----------------------------------------------
 
 def _encode_calls(monkeypatch):
-    """Record (thread, characters) of every encode_ordinary call."""
+    """Record (thread, characters) of every encode_ordinary call made for the calling greenlet."""
     import threading
+    import gevent
     import tiktoken
     calls, original = [], tiktoken.Encoding.encode_ordinary
+    main, me = threading.get_ident(), gevent.getcurrent()
 
     def recording(self, text):
-        calls.append((threading.get_ident(), len(text)))
+        thread = threading.get_ident()
+        if thread != main or gevent.getcurrent() is me:  # not a greenlet another test left behind
+            calls.append((thread, len(text)))
         return original(self, text)
 
     monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", recording)

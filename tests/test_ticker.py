@@ -92,18 +92,18 @@ def test_coalescing_never_drops_the_final_frame(make_app, monkeypatch, script):
 
 def test_a_burst_of_deltas_is_coalesced_into_few_frames(make_app, monkeypatch):
     # One frame a second at most: 300 deltas with the hub yielded between them arrive well
-    # within one interval, so the ticker sends its opening frame, the first delta, and the last.
+    # within one interval, so the ticker sends its opening frame, a burst, and the last.
     app = make_app(TICKER_MAX_FPS=1)
     agent = ScriptedAgent([step for _ in range(300) for step in (" word", 0.0)])
     job, frames = run_job(app.test_client(), app, monkeypatch, agent)
     counts = output_tokens(frames)
-    assert len(counts) <= 4 and counts[-1] == 300 == count_tokens(job["result"])
+    assert len(counts) <= runner.BURST_FRAMES + 3 and counts[-1] == 300 == count_tokens(job["result"])
 
 
 def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monkeypatch):
     # Throttled to one frame a second, a ticker that published on a fixed beat would show the
     # first delta up to a second late; the live state, read by the provider before its next
-    # delta, already has it.
+    # delta, already has it. After a burst of BURST_FRAMES frames, the next delta waits.
     app = make_app(TICKER_MAX_FPS=1)
     seen = []
     holder = {}
@@ -113,7 +113,8 @@ def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monk
             state = live.read(db.session.get(Job, holder["job_id"]))
             seen.append((state.output_tokens, state.text))
 
-    agent = ScriptedAgent([" Hello", 0.02, look, " world", 0.02, look])
+    words = [" Hello", " world", " again", " and", " again"][:runner.BURST_FRAMES + 1]
+    agent = ScriptedAgent([step for word in words for step in (word, 0.02, look)])
     original = runner.execute
 
     def execute(job_id):
@@ -122,9 +123,10 @@ def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monk
 
     monkeypatch.setattr(runner, "execute", execute)
     job, frames = run_job(app.test_client(), app, monkeypatch, agent)
-    # The first delta went out at once; the second came within the interval, so it waited.
-    assert seen == [(1, " Hello"), (1, " Hello")]
-    assert output_tokens(frames)[-1] == 2 and answer(frames) == " Hello world"
+    burst = "".join(words[:-1])
+    assert seen == [(n + 1, "".join(words[:n + 1])) for n in range(runner.BURST_FRAMES)] + [
+        (runner.BURST_FRAMES, burst)]
+    assert output_tokens(frames)[-1] == len(words) and answer(frames) == "".join(words)
 
 
 def test_a_stop_read_with_a_frame_stops_the_job(make_app, monkeypatch):
