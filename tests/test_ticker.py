@@ -149,3 +149,17 @@ def test_a_stop_read_with_a_frame_stops_the_job(make_app, monkeypatch):
     assert job["state"] == "complete" and job["result"].startswith(" one two")
     assert "four" not in job["result"]
     assert output_tokens(frames)[-1] == count_tokens(job["result"])
+
+
+def test_a_streaming_job_holds_no_database_connection(make_app, monkeypatch):
+    # Hundreds of jobs stream at once; a connection held by each would drain the pool.
+    app = make_app()
+    held = []
+
+    def look():
+        with app.app_context():
+            held.append(db.engine.pool.checkedout())
+
+    agent = ScriptedAgent([" one", look, 0.01, " two", look])
+    job, frames = run_job(app.test_client(), app, monkeypatch, agent)
+    assert held == [0, 0] and job["state"] == "complete" and job["costLedger"]["outputTokens"] == 2
