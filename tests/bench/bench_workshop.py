@@ -311,6 +311,7 @@ def percentile(values, q):
 def measure_p1(bench, jobs):
     """Return token->frame latencies (s) at the viewers, and the worker's Redis connections meanwhile."""
     viewers = Viewers(bench, [job["streamUrl"] for job in jobs], "live")
+    print(f"P1: {len(jobs)} jobs streaming", file=sys.stderr, flush=True)
     bench.pay_work(jobs)
     peak = 0
     while viewers.process.poll() is None:
