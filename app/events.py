@@ -6,6 +6,8 @@ comment and a heartbeat, exact framing, and a snapshot of the current state on (
 """
 import json
 
+import gevent
+import gevent.event
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
@@ -37,13 +39,7 @@ class JobEvents(ServerSentEventsBlueprint):
         Return whether the visitor has asked to stop the job: a running job learns it from the
         round trip it makes anyway.
         """
-        with self.redis.pipeline(transaction=True) as pipe:
-            if live_figures is not None:
-                live.write(pipe, job, **live_figures)
-            for frame in frames:
-                pipe.publish(channel(job), json.dumps(frame))
-            pipe.exists(_stop_key(job))
-            return bool(pipe.execute()[-1])
+        return _publisher().send(job, frames, live_figures)
 
     def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
@@ -103,6 +99,63 @@ class JobEvents(ServerSentEventsBlueprint):
         # A stream closed before its first chunk never runs generate's finally: leave here too.
         response.call_on_close(viewer.close)
         return response
+
+
+class Publisher:
+    """Send the frames of all of a process's jobs to Redis together, one round trip per batch.
+
+    Hundreds of jobs each publishing twenty frames a second would otherwise make thousands of
+    round trips a second, each a send and a receive on the hub. Frames that arrive while a batch
+    is on its way go in the next one, so a frame waits at most for one batch ahead of it.
+    """
+
+    def __init__(self, client):
+        self.client, self.waiting, self.greenlet = client, [], None
+
+    def send(self, job, frames, live_figures):
+        """Queue a job's frames for the next batch; return whether its visitor asked to stop."""
+        result = gevent.event.AsyncResult()
+        self.waiting.append((job, frames, live_figures, result))
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self._run)
+        return result.get()
+
+    def _run(self):
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    stops = self._execute(batch)
+                except Exception as error:  # every publisher of the batch sees the failure
+                    for *_, result in batch:
+                        result.set_exception(error)
+                    continue
+                for (*_, result), stop in zip(batch, stops):
+                    result.set(stop)
+        finally:
+            self.greenlet = None
+
+    def _execute(self, batch):
+        with self.client.pipeline(transaction=True) as pipe:
+            replies_at = []
+            for job, frames, live_figures, _ in batch:
+                if live_figures is not None:
+                    live.write(pipe, job, **live_figures)
+                for frame in frames:
+                    pipe.publish(channel(job), json.dumps(frame))
+                pipe.exists(_stop_key(job))
+                replies_at.append(len(pipe.command_stack) - 1)
+            replies = pipe.execute()
+        return [bool(replies[at]) for at in replies_at]
+
+
+def _publisher():
+    # One per app and per gevent hub (OS thread): a batch is sent by a greenlet of that hub.
+    publishers = current_app.extensions.setdefault("publishers", {})
+    key = id(gevent.get_hub())
+    if key not in publishers:
+        publishers[key] = Publisher(bus.client())
+    return publishers[key]
 
 
 def _unsent_part(frame, sent):
