@@ -64,29 +64,27 @@ class JobEvents(ServerSentEventsBlueprint):
                 if job.is_final:
                     snapshot.append(Frame(fragments.final_panel(job), type="job_complete"))
                 final, sent = job.is_final, ctx["sent_chars"]
-                # Render first, then end the transaction: a stream must hold no database
-                # connection for its lifetime, or a few viewers would drain the pool.
-                db.session.rollback()
-                for frame in snapshot:
-                    yield str(frame)
+                # Render first, then close the session: a stream must hold no database
+                # connection for its lifetime, or a few viewers would drain the pool, and an
+                # idle viewer keeps no rows or rendered snapshot in memory.
+                db.session.close()
+                out = "".join(str(frame) for frame in snapshot)
+                del job, ctx, snapshot
+                yield out
+                del out
                 if final:
                     return
                 while True:
-                    message = viewer.get(timeout=heartbeat)
-                    if message is None:
+                    messages = viewer.get_ready(timeout=heartbeat)
+                    if not messages:
                         yield ": heartbeat\n\n"
                         continue
-                    if message is fanout.LEFT:
-                        return
-                    if message is fanout.LOST or message is fanout.OVERFLOW:
-                        return  # frames may be missing: the browser reconnects to a fresh snapshot
-                    frame = json.loads(message)
-                    if frame["type"] == "job_answer":
-                        frame, sent = _unsent_part(frame, sent)
-                        if frame is None:
-                            continue
-                    yield str(Frame(frame["data"], type=frame["type"]))
-                    if frame["type"] == "job_complete":
+                    # Frames that arrived together leave in one write: a ticker frame and its
+                    # answer text are one send to the browser, not two.
+                    out, sent, ended = _render(messages, sent)
+                    if out:
+                        yield out
+                    if ended:
                         return
             finally:
                 viewer.close()
@@ -156,6 +154,26 @@ def _publisher():
     if key not in publishers:
         publishers[key] = Publisher(bus.client())
     return publishers[key]
+
+
+def _render(messages, sent):
+    """Return the SSE text for messages, the answer characters sent, and whether the stream ends."""
+    out = []
+    for message in messages:
+        if message is fanout.LEFT:
+            return "", sent, True  # nobody to write to
+        if message is fanout.LOST or message is fanout.OVERFLOW:
+            # Frames may be missing: the browser reconnects to a fresh snapshot.
+            return "".join(out), sent, True
+        frame = json.loads(message)
+        if frame["type"] == "job_answer":
+            frame, sent = _unsent_part(frame, sent)
+            if frame is None:
+                continue
+        out.append(str(Frame(frame["data"], type=frame["type"])))
+        if frame["type"] == "job_complete":
+            return "".join(out), sent, True
+    return "".join(out), sent, False
 
 
 def _unsent_part(frame, sent):

@@ -127,3 +127,20 @@ def test_frames_of_jobs_publishing_at_once_share_round_trips_and_all_arrive(app)
             got.setdefault(message["channel"].decode(), []).append(json.loads(message["data"])["type"])
     pubsub.close()
     assert got == {events.channel(job): ["job_progress", "job_answer"] for job in jobs}
+
+
+def test_frames_that_arrive_together_leave_in_one_write_and_a_final_panel_ends_it(app):
+    from app import fanout
+    messages = [json.dumps({"type": "job_progress", "data": "<span>1</span>"}).encode(),
+                json.dumps({"type": "job_answer", "data": "Hel", "start": 0, "text": "Hel"}).encode(),
+                json.dumps({"type": "job_answer", "data": "lo", "start": 3, "text": "lo"}).encode(),
+                json.dumps({"type": "job_complete", "data": "<p>done</p>"}).encode(),
+                json.dumps({"type": "job_progress", "data": "after the end"}).encode()]
+    with app.test_request_context():
+        out, sent, ended = events._render(messages, 1)  # the snapshot had "H" already
+        trimmed = fragments.answer_chunk("el")
+    assert list(parse_sse(sse_lines(out))) == [("job_progress", "<span>1</span>"), ("job_answer", trimmed),
+                                               ("job_answer", "lo"), ("job_complete", "<p>done</p>")]
+    assert sent == 5 and ended
+    assert events._render([messages[0], fanout.LOST, messages[1]], 0)[1:] == (0, True)
+    assert events._render([messages[0], fanout.LEFT], 0) == ("", 0, True)
