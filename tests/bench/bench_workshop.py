@@ -279,6 +279,11 @@ class Bench:
         status = Path(f"/proc/{self.worker}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
+    def cpu_seconds(self):
+        """Return the worker's user and system CPU time so far."""
+        fields = Path(f"/proc/{self.worker}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def worker_redis_connections(self):
         suffix = f"-{self.worker}"
         return [c for c in self.redis.client_list() if c["name"].endswith(suffix)]
@@ -312,11 +317,13 @@ def measure_p1(bench, jobs):
     """Return token->frame latencies (s) at the viewers, and the worker's Redis connections meanwhile."""
     viewers = Viewers(bench, [job["streamUrl"] for job in jobs], "live")
     print(f"P1: {len(jobs)} jobs streaming", file=sys.stderr, flush=True)
+    cpu, started = bench.cpu_seconds(), time.monotonic()
     bench.pay_work(jobs)
     peak = 0
     while viewers.process.poll() is None:
         peak = max(peak, len(bench.worker_redis_connections()))
         time.sleep(0.5)
+    bench.p1_cpu = (bench.cpu_seconds() - cpu, time.monotonic() - started)
     frames = json.loads(viewers.out.read_text())
     bench.provider.send_signal(signal.SIGTERM)
     bench.provider.wait(30)
@@ -417,7 +424,9 @@ def main(args):
         rows.insert(0, (label + " p50", f"{p50 * 1e3:.1f} ms", "<= 5 ms", p50 <= 0.005))
         rows.insert(1, (label + " p99", f"{p99 * 1e3:.1f} ms", "<= 25 ms", p99 <= 0.025))
         notes = [f"P1: {len(latencies):,} tokens timed, {missing} never shown, {frame_count:,} ticker "
-                 f"frames received, worker Redis connections at most {peak} while streaming; "
+                 f"frames received, worker Redis connections at most {peak} while streaming, "
+                 f"worker CPU {bench.p1_cpu[0]:.1f} s in {bench.p1_cpu[1]:.1f} s "
+                 f"({bench.p1_cpu[0] / max(1, len(latencies)) * 1e6:.0f} us a token); "
                  f"{load_p1} when it began"]
     except BaseException:
         log = bench.tmp / "gunicorn.log"
