@@ -10,7 +10,7 @@ from app.metering import DEFAULT_ENCODING, Meter, get_encoding  # noqa: E402
 
 TARGET_TOKENS = 100_000
 TICKER_READS = 2_000
-REPEATS = 5
+REPEATS = 9
 
 WORDS = (
     "the a of to and in is it that for on with as was he she they we you I'm don't it's "
