@@ -6,6 +6,8 @@ comment and a heartbeat, exact framing, and a snapshot of the current state on (
 """
 import json
 
+import gevent
+import gevent.event
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
@@ -32,13 +34,12 @@ class JobEvents(ServerSentEventsBlueprint):
         return bus.client()
 
     def publish_frames(self, job, frames, live_figures=None):
-        """Publish frames to the job's channel, updating its live state in the same transaction."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            if live_figures is not None:
-                live.write(pipe, job, **live_figures)
-            for frame in frames:
-                pipe.publish(channel(job), json.dumps(frame))
-            pipe.execute()
+        """Publish frames to the job's channel, updating its live state in the same transaction.
+
+        Return whether the visitor has asked to stop the job: a running job learns it from the
+        round trip it makes anyway.
+        """
+        return _publisher().send(job, frames, live_figures)
 
     def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
@@ -63,29 +64,27 @@ class JobEvents(ServerSentEventsBlueprint):
                 if job.is_final:
                     snapshot.append(Frame(fragments.final_panel(job), type="job_complete"))
                 final, sent = job.is_final, ctx["sent_chars"]
-                # Render first, then end the transaction: a stream must hold no database
-                # connection for its lifetime, or a few viewers would drain the pool.
-                db.session.rollback()
-                for frame in snapshot:
-                    yield str(frame)
+                # Render first, then close the session: a stream must hold no database
+                # connection for its lifetime, or a few viewers would drain the pool, and an
+                # idle viewer keeps no rows or rendered snapshot in memory.
+                db.session.close()
+                out = "".join(str(frame) for frame in snapshot)
+                del job, ctx, snapshot
+                yield out
+                del out
                 if final:
                     return
                 while True:
-                    message = viewer.get(timeout=heartbeat)
-                    if message is None:
+                    messages = viewer.get_ready(timeout=heartbeat)
+                    if not messages:
                         yield ": heartbeat\n\n"
                         continue
-                    if message is fanout.LEFT:
-                        return
-                    if message is fanout.LOST or message is fanout.OVERFLOW:
-                        return  # frames may be missing: the browser reconnects to a fresh snapshot
-                    frame = json.loads(message)
-                    if frame["type"] == "job_answer":
-                        frame, sent = _unsent_part(frame, sent)
-                        if frame is None:
-                            continue
-                    yield str(Frame(frame["data"], type=frame["type"]))
-                    if frame["type"] == "job_complete":
+                    # Frames that arrived together leave in one write: a ticker frame and its
+                    # answer text are one send to the browser, not two.
+                    out, sent, ended = _render(messages, sent)
+                    if out:
+                        yield out
+                    if ended:
                         return
             finally:
                 viewer.close()
@@ -98,6 +97,83 @@ class JobEvents(ServerSentEventsBlueprint):
         # A stream closed before its first chunk never runs generate's finally: leave here too.
         response.call_on_close(viewer.close)
         return response
+
+
+class Publisher:
+    """Send the frames of all of a process's jobs to Redis together, one round trip per batch.
+
+    Hundreds of jobs each publishing twenty frames a second would otherwise make thousands of
+    round trips a second, each a send and a receive on the hub. Frames that arrive while a batch
+    is on its way go in the next one, so a frame waits at most for one batch ahead of it.
+    """
+
+    def __init__(self, client):
+        self.client, self.waiting, self.greenlet = client, [], None
+
+    def send(self, job, frames, live_figures):
+        """Queue a job's frames for the next batch; return whether its visitor asked to stop."""
+        result = gevent.event.AsyncResult()
+        self.waiting.append((job, frames, live_figures, result))
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self._run)
+        return result.get()
+
+    def _run(self):
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    stops = self._execute(batch)
+                except Exception as error:  # every publisher of the batch sees the failure
+                    for *_, result in batch:
+                        result.set_exception(error)
+                    continue
+                for (*_, result), stop in zip(batch, stops):
+                    result.set(stop)
+        finally:
+            self.greenlet = None
+
+    def _execute(self, batch):
+        with self.client.pipeline(transaction=True) as pipe:
+            replies_at = []
+            for job, frames, live_figures, _ in batch:
+                if live_figures is not None:
+                    live.write(pipe, job, **live_figures)
+                for frame in frames:
+                    pipe.publish(channel(job), json.dumps(frame))
+                pipe.exists(_stop_key(job))
+                replies_at.append(len(pipe.command_stack) - 1)
+            replies = pipe.execute()
+        return [bool(replies[at]) for at in replies_at]
+
+
+def _publisher():
+    # One per app and per gevent hub (OS thread): a batch is sent by a greenlet of that hub.
+    publishers = current_app.extensions.setdefault("publishers", {})
+    key = id(gevent.get_hub())
+    if key not in publishers:
+        publishers[key] = Publisher(bus.client())
+    return publishers[key]
+
+
+def _render(messages, sent):
+    """Return the SSE text for messages, the answer characters sent, and whether the stream ends."""
+    out = []
+    for message in messages:
+        if message is fanout.LEFT:
+            return "", sent, True  # nobody to write to
+        if message is fanout.LOST or message is fanout.OVERFLOW:
+            # Frames may be missing: the browser reconnects to a fresh snapshot.
+            return "".join(out), sent, True
+        frame = json.loads(message)
+        if frame["type"] == "job_answer":
+            frame, sent = _unsent_part(frame, sent)
+            if frame is None:
+                continue
+        out.append(str(Frame(frame["data"], type=frame["type"])))
+        if frame["type"] == "job_complete":
+            return "".join(out), sent, True
+    return "".join(out), sent, False
 
 
 def _unsent_part(frame, sent):
@@ -116,12 +192,16 @@ sse = JobEvents("events", __name__)
 
 def request_stop(job):
     """Ask whichever process runs the job to stop it (it checks at every ticker tick)."""
-    bus.client().set(f"job:{job.channel}:stop", 1, ex=3600)
+    bus.client().set(_stop_key(job), 1, ex=3600)
 
 
 def stop_requested(job):
     """Tell whether the visitor asked to stop the job."""
-    return bool(bus.client().exists(f"job:{job.channel}:stop"))
+    return bool(bus.client().exists(_stop_key(job)))
+
+
+def _stop_key(job):
+    return f"job:{job.channel}:stop"
 
 
 def channel(job):
@@ -138,10 +218,10 @@ def publish_state(job):
 
 
 def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False):
-    """Publish a ticker frame (absolute figures) and any new answer text."""
+    """Publish a ticker frame (absolute figures) and any new answer text; return stop_requested."""
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    sse.publish_frames(job, frames, live_figures={**figures, "text": text})
+    return sse.publish_frames(job, frames, live_figures={**figures, "text": text})

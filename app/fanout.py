@@ -76,6 +76,16 @@ class Viewer:
         except gevent.queue.Empty:
             return None
 
+    def get_ready(self, timeout=None):
+        """Return the next message and every one queued behind it: [] after timeout seconds."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        ready, queue = [first], self.queue
+        while queue.qsize():
+            ready.append(queue.get_nowait())
+        return ready
+
     def close(self):
         """Leave the channel and stop watching the client's socket."""
         if self.watcher is not None:

@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import gevent
 import regex
 import tiktoken
 
@@ -30,10 +31,24 @@ ENCODING_FILES = {
 # margin; tests/test_metering.py checks that two already suffice.
 UNSETTLED_PIECES = 3
 
-# Look for pieces to settle only once the tail has grown this much: a regex
-# scan costs microseconds, and on every small chunk it would mostly rescan the
-# same unsettled pieces.
-SCAN_EVERY_CHARS = 32
+# Cut the tail at its last word end once it has grown this much: one encode
+# call then counts a whole stretch of text, so a streamed answer costs about
+# what one encode of all of it does, instead of a call per piece.
+CUT_EVERY_CHARS = 256
+
+# Reading the count cuts a tail longer than this first, so a read re-encodes
+# at most about a word.
+READ_CUT_CHARS = 32
+
+# A tail that still has no word end to cut at (text without spaces: CJK, long
+# code lines) is scanned for pieces to settle once it has grown this much.
+SCAN_EVERY_CHARS = 512
+
+# Encoding more text than this at once moves to gevent's threadpool. tiktoken encodes about
+# 4 M tokens/s here and releases the GIL while it does, so a big prompt or tail would otherwise
+# stall every greenlet of the worker (1 MB: ~85 ms); below this (~1 ms of work) the hand-over to
+# a thread costs more than it saves.
+POOL_CHARS = 16_384
 
 _load_lock = threading.Lock()
 
@@ -73,10 +88,22 @@ def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
                 os.environ["TIKTOKEN_CACHE_DIR"] = saved
 
 
+def off_hub(size: int, fn, *args):
+    """Return fn(*args), run in gevent's threadpool when size (characters) is large enough to stall."""
+    if size < POOL_CHARS:
+        return fn(*args)
+    # apply() runs fn at once when called from the hub or a pool thread itself.
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def _count(enc: tiktoken.Encoding, text: str) -> int:
+    # encode_ordinary: user text may contain "<|endoftext|>"; it is plain text.
+    return len(enc.encode_ordinary(text))
+
+
 def count_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     """Return the number of tokens in text."""
-    # encode_ordinary: user text may contain "<|endoftext|>"; it is plain text.
-    return len(get_encoding(encoding).encode_ordinary(text))
+    return off_hub(len(text), _count, get_encoding(encoding), text)
 
 
 class Meter:
@@ -86,16 +113,25 @@ class Meter:
     # across pieces, so a text's count is the sum of its pieces' counts. Only
     # the last few pieces can still change as text arrives: the ones before
     # them are counted once ("settled") and dropped, and only the short tail
-    # after them is kept and re-encoded. Settled pieces are counted one by
-    # one, not joined, because a piece can depend on the text after it: "  "
-    # before "1" is two pieces, but alone it is one.
+    # after them is kept and re-encoded.
+    #
+    # Two ways to settle. Usually: cut the tail just before a space that
+    # follows a letter or digit. A piece never reaches across such a space
+    # (letters and digits end their piece; a space begins the next one), so
+    # the text before it splits into the same pieces alone as in the whole
+    # text, and one encode counts it all. Else: scan the tail with the regex
+    # and settle all but its last few pieces, counted one by one, because a
+    # piece can depend on the text after it ("  " before "1" is two pieces,
+    # but alone it is one).
 
     def __init__(self, encoding: str = DEFAULT_ENCODING):
         self._enc = get_encoding(encoding)
         self._pattern = regex.compile(self._enc._pat_str)  # cheap: regex caches patterns
         # errors="replace": a stream cut mid-character must not break metering.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._scan_every = SCAN_EVERY_CHARS
+        self._cut_every = CUT_EVERY_CHARS
+        self._scan_every = SCAN_EVERY_CHARS  # also sets _settle_every
+        self._bytes = False  # bytes were fed: str chunks must flush the decoder first
         self._settled = 0
         self._tail = ""
         self._tail_tokens: int | None = 0
@@ -103,7 +139,15 @@ class Meter:
 
     def feed(self, chunk: str | bytes) -> str:
         """Add a chunk of the text and return the decoded text it adds."""
+        if chunk.__class__ is str and not self._bytes:
+            # What providers send: one call per small delta, so the common case stays short.
+            self._tail += chunk
+            self._tail_tokens = None
+            if len(self._tail) - self._scanned >= self._settle_every:
+                self._settle_tail()
+            return chunk
         if isinstance(chunk, (bytes, bytearray, memoryview)):
+            self._bytes = True
             text = self._decoder.decode(bytes(chunk))
         else:
             # Bytes still waiting for the rest of a character end before a str.
@@ -121,7 +165,9 @@ class Meter:
     def tokens(self) -> int:
         """Return the exact token count of all the text fed so far."""
         if self._tail_tokens is None:
-            self._tail_tokens = len(self._enc.encode_ordinary(self._tail))
+            if len(self._tail) > READ_CUT_CHARS:
+                self._cut()  # counted now either way: better once, than again at every read
+            self._tail_tokens = off_hub(len(self._tail), _count, self._enc, self._tail)
         return self._settled + self._tail_tokens
 
     def _add(self, text: str) -> None:
@@ -130,13 +176,53 @@ class Meter:
             return
         self._tail += text
         self._tail_tokens = None
-        if len(self._tail) - self._scanned < self._scan_every:
-            return
+        if len(self._tail) - self._scanned >= self._settle_every:
+            self._settle_tail()
+
+    @property
+    def _scan_every(self) -> int:
+        return self._scan
+
+    @_scan_every.setter
+    def _scan_every(self, chars: int) -> None:
+        # Tests scan more often than the default; feed() compares against one number.
+        self._scan = chars
+        self._settle_every = min(self._cut_every, chars)
+
+    def _cut(self) -> None:
+        """Settle the tail up to its last word end, if it has one."""
+        cut = _last_word_end(self._tail)
+        if cut:
+            self._settled += off_hub(cut, _count, self._enc, self._tail[:cut])
+            self._tail = self._tail[cut:]
+            self._scanned = 0
+
+    def _settle_tail(self) -> None:
+        if len(self._tail) - self._scanned >= self._cut_every:
+            self._cut()
         tail = self._tail
+        if len(tail) - self._scanned >= self._scan_every:
+            # A large chunk, or a long tail finished at once, is settled off the hub.
+            settled, tail = off_hub(len(tail), self._settle, tail)
+            self._settled += settled
+            self._scanned = len(tail)
+        self._tail = tail
+
+    def _settle(self, tail: str) -> tuple[int, str]:
+        """Return the tokens of tail's settled pieces and the unsettled rest."""
         starts = [m.start() for m in self._pattern.finditer(tail)]
-        if len(starts) > UNSETTLED_PIECES:
-            bounds = starts[: len(starts) - UNSETTLED_PIECES + 1]
-            encode = self._enc.encode_ordinary
-            self._settled += sum(len(encode(tail[a:b])) for a, b in zip(bounds, bounds[1:]))
-            self._tail = tail[bounds[-1]:]
-        self._scanned = len(self._tail)
+        if len(starts) <= UNSETTLED_PIECES:
+            return 0, tail
+        bounds = starts[: len(starts) - UNSETTLED_PIECES + 1]
+        encode = self._enc.encode_ordinary
+        return sum(len(encode(tail[a:b])) for a, b in zip(bounds, bounds[1:])), tail[bounds[-1]:]
+
+
+def _last_word_end(text: str, tries: int = 8) -> int:
+    """Return the index of the last space in text that follows a letter or digit, or 0."""
+    at = text.rfind(" ")
+    while at > 0 and tries:
+        if text[at - 1].isalnum():
+            return at
+        at, tries = text.rfind(" ", 0, at), tries - 1
+    return 0

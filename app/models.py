@@ -133,9 +133,13 @@ def database_url(app):
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record):
     # WAL lets viewers read while a job writes; busy_timeout makes writers queue, not fail.
+    # synchronous=NORMAL: in WAL mode a commit then waits for no fsync (the log is synced at
+    # checkpoints), and SQLite's calls block the whole gevent worker while they wait; the
+    # database stays consistent, a power cut can lose the last commits.
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 

@@ -94,3 +94,53 @@ def test_progress_is_published_with_absolute_figures_and_kept_for_late_viewers(a
         assert 'data-tokens="13"' in frames[2]["data"] and frames[3]["data"] == "&lt;b&gt;"
         state = fragments.live.read(job)
         assert (state.tokens, state.output_tokens, state.msat, state.text) == (13, 3, 1600, "Hi <b>")
+
+
+def test_frames_of_jobs_publishing_at_once_share_round_trips_and_all_arrive(app):
+    import gevent
+    with app.test_request_context():
+        jobs = [Job(visitor_id="v", request="r", model="timmy-demo", state="executing", input_tokens=1)
+                for _ in range(20)]
+        db.session.add_all(jobs)
+        db.session.commit()
+        pubsub = bus.client().pubsub()
+        pubsub.subscribe(*[events.channel(job) for job in jobs])
+        for _ in jobs:
+            assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        events.request_stop(jobs[3])
+        publisher = events._publisher()
+        batches, execute = [], publisher._execute
+        publisher._execute = lambda batch: batches.append(len(batch)) or execute(batch)
+
+    def publish(job):
+        with app.test_request_context():
+            return events.publish_progress(job, tokens=2, output_tokens=1, msat=1000, text="a", start=0)
+
+    stops = [g.get() for g in gevent.joinall([gevent.spawn(publish, job) for job in jobs])]
+    assert sum(batches) == 20 and len(batches) < 20  # shared round trips, each job once
+    assert stops == [i == 3 for i in range(20)]  # each job hears about its own Stop only
+    got = {}
+    while sum(len(v) for v in got.values()) < 40:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        if message["type"] == "message":
+            got.setdefault(message["channel"].decode(), []).append(json.loads(message["data"])["type"])
+    pubsub.close()
+    assert got == {events.channel(job): ["job_progress", "job_answer"] for job in jobs}
+
+
+def test_frames_that_arrive_together_leave_in_one_write_and_a_final_panel_ends_it(app):
+    from app import fanout
+    messages = [json.dumps({"type": "job_progress", "data": "<span>1</span>"}).encode(),
+                json.dumps({"type": "job_answer", "data": "Hel", "start": 0, "text": "Hel"}).encode(),
+                json.dumps({"type": "job_answer", "data": "lo", "start": 3, "text": "lo"}).encode(),
+                json.dumps({"type": "job_complete", "data": "<p>done</p>"}).encode(),
+                json.dumps({"type": "job_progress", "data": "after the end"}).encode()]
+    with app.test_request_context():
+        out, sent, ended = events._render(messages, 1)  # the snapshot had "H" already
+        trimmed = fragments.answer_chunk("el")
+    assert list(parse_sse(sse_lines(out))) == [("job_progress", "<span>1</span>"), ("job_answer", trimmed),
+                                               ("job_answer", "lo"), ("job_complete", "<p>done</p>")]
+    assert sent == 5 and ended
+    assert events._render([messages[0], fanout.LOST, messages[1]], 0)[1:] == (0, True)
+    assert events._render([messages[0], fanout.LEFT], 0) == ("", 0, True)

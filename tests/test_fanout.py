@@ -182,3 +182,18 @@ def _parent(pid):
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return None
+
+
+def test_a_viewer_takes_every_frame_queued_at_once_in_order(redis_url, rds):
+    hub = fanout.Hub(redis_url)
+    channel = f"job:test-ready-{os.getpid()}"
+    with hub.join(channel) as viewer:
+        for i in range(5):
+            rds.publish(channel, f"frame {i}")
+        got = []
+        while len(got) < 5:
+            ready = viewer.get_ready(timeout=2)
+            assert ready, f"frames missing after {got}"
+            got += ready
+        assert got == [f"frame {i}".encode() for i in range(5)]
+        assert viewer.get_ready(timeout=0.2) == []  # nothing more: a heartbeat is due

@@ -140,7 +140,7 @@ def test_big_text_random_chunks_and_bounded_state(scan_every):
         meter.feed(BIG[i:i + n])
         i += n
         # The meter keeps only a short tail, never the whole text.
-        assert len(meter._tail) < 200
+        assert len(meter._tail) < metering.SCAN_EVERY_CHARS + 64
     assert meter.tokens == full(BIG)
 
 
@@ -279,6 +279,30 @@ def test_any_byte_split_counts_exactly(encoding, text, data, scan_every):
     assert tokens == full(text, encoding)
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=500, deadline=None)
+@given(case=split_texts(), cut_every=st.sampled_from([0, 1, 5]))
+def test_cutting_at_word_ends_counts_exactly(encoding, case, cut_every):
+    # The word-end cut alone (the piece scan switched off), as often as possible: after a letter
+    # or digit, a space always starts a new piece.
+    text, chunks = case
+    meter = Meter(encoding)
+    meter._cut_every, meter._scan_every = cut_every, 10 ** 9
+    decoded = ""
+    for chunk in chunks:
+        decoded += meter.feed(chunk)
+        assert meter.tokens == full(decoded, encoding), (decoded, chunk)
+    assert decoded == text
+
+
+def test_a_streamed_answer_is_cut_at_word_ends_and_keeps_a_short_tail():
+    meter = Meter()
+    for i in range(5000):
+        meter.feed(" word" if i % 7 else ", and")
+        assert len(meter._tail) <= metering.CUT_EVERY_CHARS + 5
+    assert meter.tokens == full("".join(" word" if i % 7 else ", and" for i in range(5000)))
+
+
 # --- bytes ---------------------------------------------------------------------
 
 
@@ -406,3 +430,78 @@ def test_get_encoding_loads_offline(monkeypatch, fresh_encodings):
     # Pointed at the app's files only while loading.
     assert os.environ["TIKTOKEN_CACHE_DIR"] == "elsewhere"
     assert isinstance(enc, tiktoken.Encoding)
+
+
+# --- large work off the gevent hub -----------------------------------------------
+
+def _encode_calls(monkeypatch):
+    """Record (thread, characters) of every encode_ordinary call made for the calling greenlet."""
+    import threading
+    import gevent
+    import tiktoken
+    calls, original = [], tiktoken.Encoding.encode_ordinary
+    main, me = threading.get_ident(), gevent.getcurrent()
+
+    def recording(self, text):
+        thread = threading.get_ident()
+        if thread != main or gevent.getcurrent() is me:  # not a greenlet another test left behind
+            calls.append((thread, len(text)))
+        return original(self, text)
+
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", recording)
+    return calls
+
+
+def test_large_tokenizer_work_runs_in_the_threadpool_and_small_work_does_not(monkeypatch):
+    import threading
+    from app import metering
+    calls = _encode_calls(monkeypatch)
+    main = threading.get_ident()
+
+    def on_hub():
+        return sum(n for thread, n in calls if thread == main)
+
+    def off_hub():
+        return sum(n for thread, n in calls if thread != main)
+
+    big = " ".join(["word"] * metering.POOL_CHARS)
+    assert count_tokens("a short prompt") == 3 and on_hub() == 14 and off_hub() == 0
+    calls.clear()
+    assert count_tokens(big) == metering.POOL_CHARS and on_hub() == 0 and off_hub() == len(big)
+    # A Meter handed a big chunk settles it off the hub; only the short tail is counted in place.
+    calls.clear()
+    meter = Meter()
+    meter.feed(big)
+    assert meter.tokens == metering.POOL_CHARS
+    assert on_hub() < 20 and off_hub() > len(big) - 20
+    # A long tail (one piece that never settles) is counted off the hub too.
+    calls.clear()
+    meter = Meter()
+    meter.feed("x" * (metering.POOL_CHARS + 1))
+    assert meter.tokens == count_tokens("x" * (metering.POOL_CHARS + 1)) and on_hub() == 0
+    # What providers send, small chunks, is scanned and counted in place.
+    calls.clear()
+    meter = Meter()
+    for chunk in ["a ", "stream ", "of ", "small ", "chunks"] * 20:
+        meter.feed(chunk)
+    assert meter.tokens == 100 and off_hub() == 0 and on_hub() > 0
+
+
+def test_other_greenlets_run_while_a_large_prompt_is_counted():
+    import gevent
+    ticks = [0]
+
+    def spin():
+        while True:
+            ticks[0] += 1
+            gevent.sleep(0)
+
+    spinner = gevent.spawn(spin)
+    gevent.sleep(0)
+    text = "Timmy counts tokens. " * 200_000  # 4 MB: ~1 M tokens, hundreds of milliseconds of work
+    expected = len(get_encoding().encode_ordinary(text))
+    before = ticks[0]
+    assert count_tokens(text) == expected
+    # Done on the hub, the encode would block every greenlet: the spinner would not move at all.
+    assert ticks[0] > before
+    spinner.kill()

@@ -4,7 +4,7 @@ from urllib.parse import urlsplit
 import openai
 
 from . import ProviderError, TextDelta, Thinking, Usage
-from .remote import LOST, RemoteAgent, timeout
+from .remote import LOST, UNREADABLE, RemoteAgent, timeout
 
 OFFICIAL_HOST = "api.openai.com"
 # Where compatible servers put hidden reasoning: OpenRouter, Ollama and newer vLLM use
@@ -32,19 +32,25 @@ class OpenAIAgent(RemoteAgent):
         limit = {"max_completion_tokens" if self.official else "max_tokens": max_tokens}
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         usage, finished, spoke = None, False, False
-        with self.client.chat.completions.create(
-                model=model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, **limit) as chunks:
+        # The SDK's low-level post, chunks left as the JSON it decoded: building its typed
+        # models for every chunk cost more CPU than everything else a streamed token does here.
+        # Status errors, error events and timeouts are the SDK's as with create().
+        body = {"model": model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}, **limit}
+        with self.client.post("/chat/completions", body=body, cast_to=object, stream=True,
+                              stream_cls=openai.Stream[object]) as chunks:
             for chunk in chunks:
-                usage = chunk.usage or usage
-                for choice in chunk.choices or ():  # the final usage chunk has no choices
-                    delta = choice.delta
-                    if delta is not None and delta.content:
+                if not isinstance(chunk, dict):
+                    raise ProviderError(UNREADABLE)
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or ():  # the final usage chunk has no choices
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
                         spoke = True
-                        yield TextDelta(delta.content)
-                    elif delta is not None and not spoke and _reasoning(delta):
+                        yield TextDelta(delta["content"])
+                    elif not spoke and _reasoning(delta):
                         yield Thinking()
-                    finished = finished or choice.finish_reason is not None
+                    finished = finished or choice.get("finish_reason") is not None
         if not finished:  # the body ended cleanly but the answer did not
             raise ProviderError(LOST)
         if usage is not None:  # servers that ignore include_usage leave the count to the Workshop
@@ -52,16 +58,15 @@ class OpenAIAgent(RemoteAgent):
 
 
 def _reasoning(delta):
-    extra = delta.model_extra or {}
-    return any(isinstance(extra.get(name), str) and extra[name] for name in REASONING_FIELDS)
+    return any(isinstance(delta.get(name), str) and delta[name] for name in REASONING_FIELDS)
 
 
 def _usage(reported):
     """Return Usage from chat-completions usage: cached prompt tokens are not billed twice."""
-    prompt = getattr(reported, "prompt_tokens_details", None)
-    completion = getattr(reported, "completion_tokens_details", None)
-    cached = (getattr(prompt, "cached_tokens", None) or 0) if prompt else 0
-    reasoning = (getattr(completion, "reasoning_tokens", None) or 0) if completion else 0
-    return Usage(input_tokens=max(0, (reported.prompt_tokens or 0) - cached),
-                 output_tokens=reported.completion_tokens or 0,  # reasoning is already inside
+    prompt = reported.get("prompt_tokens_details") or {}
+    completion = reported.get("completion_tokens_details") or {}
+    cached = prompt.get("cached_tokens") or 0
+    reasoning = completion.get("reasoning_tokens") or 0
+    return Usage(input_tokens=max(0, (reported.get("prompt_tokens") or 0) - cached),
+                 output_tokens=reported.get("completion_tokens") or 0,  # reasoning is already inside
                  cache_read_tokens=cached, reasoning_tokens=reasoning)
