@@ -91,6 +91,11 @@ def from_environment():
         "BTC_USD": _decimal("BTC_USD", "100000"),
         "MODEL_PRICES": _model_prices(),
         "INVOICE_EXPIRY_SECONDS": _int("INVOICE_EXPIRY_SECONDS", 900),
+        # A running job's process renews its lease on the job this often, saving the answer so
+        # far; a lease unrenewed for JOB_LEASE_SECONDS means the process died, and any process
+        # then ends the job from its checkpoint.
+        "JOB_CHECKPOINT_SECONDS": float(os.environ.get("JOB_CHECKPOINT_SECONDS", "2")),
+        "JOB_LEASE_SECONDS": float(os.environ.get("JOB_LEASE_SECONDS", "30")),
         "TICKER_MAX_FPS": _int("TICKER_MAX_FPS", 10),
         "SSE_HEARTBEAT_SECONDS": _int("SSE_HEARTBEAT_SECONDS", 15),
         "MAX_REQUEST_CHARS": _int("MAX_REQUEST_CHARS", 4000),

@@ -5,12 +5,16 @@ loses a leading space and line breaks, and has no replay. Here: one shared pool,
 comment and a heartbeat, exact framing, and a snapshot of the current state on (re)connect.
 """
 import json
+import logging
 
+import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
 from . import bus, fanout, fragments, live
 from .models import Job, db
+
+log = logging.getLogger(__name__)
 
 
 class Frame(Message):
@@ -32,72 +36,140 @@ class JobEvents(ServerSentEventsBlueprint):
         return bus.client()
 
     def publish_frames(self, job, frames, live_figures=None):
-        """Publish frames to the job's channel, updating its live state in the same transaction."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            if live_figures is not None:
-                live.write(pipe, job, **live_figures)
-            for frame in frames:
-                pipe.publish(channel(job), json.dumps(frame))
-            pipe.execute()
+        """Publish frames to the job's channel, updating its live state in the same transaction.
+
+        Return Redis's replies, or None if Redis is unreachable: the job goes on regardless (the
+        database holds what matters, and viewers get a fresh snapshot once Redis is back).
+        """
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                if live_figures is not None:
+                    live.write(pipe, job, **live_figures)
+                for frame in frames:
+                    pipe.publish(channel(job), json.dumps(frame))
+                return pipe.execute()
+        except redis.RedisError as error:
+            log.warning("job %s: frames not published, Redis is unreachable (%s)", job.id, error)
+            return None
 
     def stream_job(self, job, on_close=lambda: None):
-        """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
-        # One Redis subscription per worker, fanned out to this viewer's queue. It is confirmed
-        # before the snapshot is read, so nothing falls between the two.
-        try:
-            viewer = fanout.hub(current_app.config["REDIS_URL"]).join(channel(job))
-        except BaseException:
-            on_close()
-            raise
-        viewer.watch_hangup(request.environ.get("gunicorn.socket"))
+        """Stream a job's events to its owner: a comment at once, the current state, then live frames.
+
+        While Redis is unreachable the stream stays open: the viewer is told that the live view is
+        reconnecting and, once the subscription is back, gets a fresh snapshot, so it converges on
+        the true state (the final panel included) without a reload.
+        """
+        hub = fanout.hub(current_app.config["REDIS_URL"])
+        sock = request.environ.get("gunicorn.socket")
         heartbeat = current_app.config["SSE_HEARTBEAT_SECONDS"]
-        job_id = job.id
+        job_id, name = job.id, channel(job)
+        closed = []
+
+        def release():
+            if not closed:
+                closed.append(True)
+                on_close()
+
+        def join(timeout):
+            # Confirmed before any snapshot is read, so nothing falls between the two.
+            try:
+                viewer = hub.join(name, timeout=timeout)
+            except ConnectionError:
+                return None  # Redis is unreachable
+            viewer.watch_hangup(sock)
+            return viewer
 
         @stream_with_context
         def generate():
+            viewer = None
             try:
                 yield ": connected\nretry: 2000\n\n"
-                job = db.session.get(Job, job_id, populate_existing=True)
-                ctx = fragments.job_context(job)
-                snapshot = [Frame(fragments.card(job, ctx), type="job_state")]
-                if job.is_final:
-                    snapshot.append(Frame(fragments.final_panel(job), type="job_complete"))
-                final, sent = job.is_final, ctx["sent_chars"]
-                # Render first, then end the transaction: a stream must hold no database
-                # connection for its lifetime, or a few viewers would drain the pool.
-                db.session.rollback()
-                for frame in snapshot:
-                    yield str(frame)
-                if final:
-                    return
-                while True:
-                    message = viewer.get(timeout=heartbeat)
-                    if message is None:
-                        yield ": heartbeat\n\n"
-                        continue
-                    if message is fanout.LEFT:
-                        return
-                    if message is fanout.LOST or message is fanout.OVERFLOW:
-                        return  # frames may be missing: the browser reconnects to a fresh snapshot
-                    frame = json.loads(message)
-                    if frame["type"] == "job_answer":
-                        frame, sent = _unsent_part(frame, sent)
-                        if frame is None:
+                # While Redis is known to be down, the snapshot comes at once, from the database.
+                viewer = join(1 if hub.down else fanout.ACK_TIMEOUT)
+                frames, sent, final = _snapshot(job_id, live=viewer is not None)
+                yield from frames
+                while not final:
+                    if viewer is None:
+                        viewer = join(heartbeat)
+                        if viewer is None:
+                            yield ": heartbeat\n\n"
+                            if not _is_final(job_id):
+                                continue
+                    else:
+                        outcome = yield from _relay(viewer, heartbeat, sent, job_id)
+                        if outcome is DONE:
+                            return
+                        if outcome is LOST:
+                            viewer.close()
+                            viewer = None
+                            yield str(Frame(fragments.live_status(job_id, live=False), type="job_live"))
                             continue
-                    yield str(Frame(frame["data"], type=frame["type"]))
-                    if frame["type"] == "job_complete":
-                        return
+                    # Back on Redis, a frame missed, or the job ended unseen: start over.
+                    frames, sent, final = _snapshot(job_id, live=viewer is not None)
+                    yield from frames
             finally:
-                viewer.close()
-                on_close()
+                if viewer is not None:
+                    viewer.close()
+                release()
 
         response = current_app.response_class(generate(), mimetype="text/event-stream", headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx-style proxies must not hold frames back
         })
-        # A stream closed before its first chunk never runs generate's finally: leave here too.
-        response.call_on_close(viewer.close)
+        # A stream closed before its first chunk never runs generate's finally.
+        response.call_on_close(release)
         return response
+
+
+DONE, LOST, RESYNC = object(), object(), object()  # why a viewer's relay of frames ended
+
+
+def _snapshot(job_id, live):
+    """Return the job's current state as SSE text, the answer characters it holds, and finality."""
+    job = db.session.get(Job, job_id, populate_existing=True)
+    ctx = fragments.job_context(job)
+    frames = [Frame(fragments.card(job, ctx), type="job_state")]
+    if job.is_final:
+        frames.append(Frame(fragments.final_panel(job), type="job_complete"))
+    else:
+        frames.append(Frame(fragments.live_status(job.id, live=live), type="job_live"))
+    final, sent = job.is_final, ctx["sent_chars"]
+    # Render first, then end the transaction: a stream must hold no database connection for
+    # its lifetime, or a few viewers would drain the pool.
+    db.session.rollback()
+    return [str(frame) for frame in frames], sent, final
+
+
+def _is_final(job_id):
+    final = db.session.get(Job, job_id, populate_existing=True).is_final
+    db.session.rollback()
+    return final
+
+
+def _relay(viewer, heartbeat, sent, job_id):
+    """Yield the viewer's frames as SSE text; return why it stopped: DONE, LOST or RESYNC."""
+    while True:
+        message = viewer.get(timeout=heartbeat)
+        if message is None:
+            yield ": heartbeat\n\n"
+            # A final frame lost to a Redis hiccup must not leave the viewer waiting for ever.
+            if _is_final(job_id):
+                return RESYNC
+            continue
+        if message is fanout.LEFT or message is fanout.OVERFLOW:
+            return DONE  # gone, or too slow to keep up: a browser still there reconnects
+        if message is fanout.LOST:
+            return LOST
+        frame = json.loads(message)
+        if frame["type"] == "job_answer":
+            if frame["start"] > sent:
+                return RESYNC  # a frame went missing
+            frame, sent = _unsent_part(frame, sent)
+            if frame is None:
+                continue
+        yield str(Frame(frame["data"], type=frame["type"]))
+        if frame["type"] == "job_complete":
+            return DONE
 
 
 def _unsent_part(frame, sent):
@@ -120,8 +192,11 @@ def request_stop(job):
 
 
 def stop_requested(job):
-    """Tell whether the visitor asked to stop the job."""
-    return bool(bus.client().exists(f"job:{job.channel}:stop"))
+    """Tell whether the visitor asked to stop the job (no one could while Redis is unreachable)."""
+    try:
+        return bool(bus.client().exists(f"job:{job.channel}:stop"))
+    except redis.RedisError:
+        return False
 
 
 def channel(job):
@@ -137,11 +212,16 @@ def publish_state(job):
     sse.publish_frames(job, frames)
 
 
-def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False):
-    """Publish a ticker frame (absolute figures) and any new answer text."""
+def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None):
+    """Publish a ticker frame (absolute figures) and any new answer text.
+
+    Return the length in bytes of the answer text Redis now holds (`whole` rewrites it all), or
+    None if Redis is unreachable.
+    """
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    sse.publish_frames(job, frames, live_figures={**figures, "text": text})
+    replies = sse.publish_frames(job, frames, live_figures={**figures, "text": text, "whole": whole})
+    return None if replies is None else replies[1 if whole is not None else 0]

@@ -6,7 +6,7 @@ import gevent
 from flask import current_app, g
 from sqlalchemy import update
 
-from . import events, pricing
+from . import events, pricing, recovery
 from .agent import ProviderError, get_agent
 from .lightning import get_wallet
 from .metering import count_tokens
@@ -62,11 +62,18 @@ def _add_invoice(job, kind, amount_msat, memo):
                                 payment_request=new.payment_request, expires_at=new.expires_at))
 
 
-def transition(job, from_state, to_state, **values):
-    """Move job from one state to the next with a conditional update; tell whether it moved."""
-    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state)
+def transition(job, from_state, to_state, where=(), add=(), **values):
+    """Move job from one state to the next with a conditional update; tell whether it moved.
+
+    Rows in `add` (and anything else pending in the session) are written only if it moved.
+    """
+    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state, *where)
                                .values(state=to_state, updated_at=utcnow(), **values)).rowcount == 1
-    db.session.commit()
+    if moved:
+        db.session.add_all(add)
+        db.session.commit()
+    else:
+        db.session.rollback()
     db.session.refresh(job)
     if moved:
         events.publish_state(job)
@@ -85,9 +92,10 @@ def on_payment(payment_hash):
     if invoice is None or not first:
         return invoice and invoice.job
     job = invoice.job
-    if invoice.kind == "eval" and transition(job, "awaiting_eval_payment", "evaluating"):
+    # The job is leased to this process in the same update that starts its work.
+    if invoice.kind == "eval" and transition(job, "awaiting_eval_payment", "evaluating", **recovery.lease()):
         spawn(evaluate, job.id)
-    elif invoice.kind == "work" and transition(job, "awaiting_work_payment", "executing"):
+    elif invoice.kind == "work" and transition(job, "awaiting_work_payment", "executing", **recovery.lease()):
         from .runner import execute
         spawn(execute, job.id)
     return job
@@ -111,12 +119,19 @@ def expire_if_due(job):
 
 def evaluate(job_id):
     """Have Timmy accept or reject the job; if accepted, quote it and issue the work invoice."""
-    job = db.session.get(Job, job_id)
+    with recovery.holding(job_id, "evaluating"):
+        _evaluate(db.session.get(Job, job_id))
+
+
+def _evaluate(job):
+    job_id = job.id
+    # Only the lease holder may end the evaluation, and ending it ends the lease.
+    leased = {"where": (recovery.held_by_me(),), **recovery.released()}
     try:
         agent = get_agent()
         verdict = agent.evaluate(job.request)
         if not verdict.accepted:
-            transition(job, "evaluating", "rejected", reason=verdict.reason)
+            transition(job, "evaluating", "rejected", reason=verdict.reason, **leased)
             return
         input_tokens = count_tokens(agent.prompt(job.request))
         btc_usd, _source = pricing.btc_usd_quote()
@@ -126,13 +141,13 @@ def evaluate(job_id):
         _add_invoice(job, "work", quote["amountSats"] * pricing.MSAT_PER_SAT, "Timmy's Workshop: the job")
         transition(job, "evaluating", "awaiting_work_payment", reason=verdict.reason,
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
-                   btc_usd=btc_usd)
+                   btc_usd=btc_usd, **leased)
     except Exception as error:
         log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
         reason = str(error) if isinstance(error, ProviderError) else "Timmy could not evaluate the request."
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is not "
-                   "refunded automatically; contact the operator.")
+                   "refunded automatically; contact the operator.", **leased)
 
 
 def spawn(fn, *args):
