@@ -112,6 +112,7 @@ def test_a_job_run_on_a_is_watched_from_b_and_recovered_after_kill_9_of_as_worke
         kind, panel = viewer.events[-1]
         assert kind == "job_complete"  # the viewer on B got the final panel without reloading
         assert f'data-actual-msat="{final["costLedger"]["actualMsat"]}"' in panel
+        assert "as last saved" in panel
         assert_settled(app, final, shared_database)
         assert worker not in worker_pids(a)  # A's master started a new worker meanwhile
     finally:
