@@ -84,8 +84,10 @@ class JobEvents(ServerSentEventsBlueprint):
             viewer = None
             try:
                 yield ": connected\nretry: 2000\n\n"
-                # While Redis is known to be down, the snapshot comes at once, from the database.
-                viewer = join(1 if hub.down else fanout.ACK_TIMEOUT)
+                viewer = join(1)
+                if viewer is None and not hub.down:
+                    viewer = join(fanout.ACK_TIMEOUT)  # slow to confirm, but not known to be down
+                # With Redis down, the snapshot comes at once, from the database.
                 frames, sent, final = _snapshot(job_id, live=viewer is not None)
                 yield from frames
                 while not final:
