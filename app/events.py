@@ -5,14 +5,18 @@ loses a leading space and line breaks, and has no replay. Here: one shared pool,
 comment and a heartbeat, exact framing, and a snapshot of the current state on (re)connect.
 """
 import json
+import logging
 
 import gevent
 import gevent.event
+import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
 from . import bus, fanout, fragments, live
 from .models import Job, db
+
+log = logging.getLogger(__name__)
 
 
 class Frame(Message):
@@ -36,66 +40,85 @@ class JobEvents(ServerSentEventsBlueprint):
     def publish_frames(self, job, frames, live_figures=None):
         """Publish frames to the job's channel, updating its live state in the same transaction.
 
-        Return whether the visitor has asked to stop the job: a running job learns it from the
-        round trip it makes anyway.
+        Return this job's replies from Redis (the last says whether its visitor asked to stop:
+        a running job learns it from the round trip it makes anyway), or None if Redis is
+        unreachable: the job goes on regardless (the database holds what matters, and viewers
+        get a fresh snapshot once Redis is back).
         """
-        return _publisher().send(job, frames, live_figures)
+        try:
+            return _publisher().send(job, frames, live_figures)
+        except redis.RedisError as error:
+            log.warning("job %s: frames not published, Redis is unreachable (%s)", job.id, error)
+            return None
 
     def stream_job(self, job, on_close=lambda: None):
-        """Stream a job's events to its owner: a comment at once, the current state, then live frames."""
-        # One Redis subscription per worker, fanned out to this viewer's queue. It is confirmed
-        # before the snapshot is read, so nothing falls between the two.
-        try:
-            viewer = fanout.hub(current_app.config["REDIS_URL"]).join(channel(job))
-        except BaseException:
-            on_close()
-            raise
-        viewer.watch_hangup(request.environ.get("gunicorn.socket"))
+        """Stream a job's events to its owner: a comment at once, the current state, then live frames.
+
+        While Redis is unreachable the stream stays open: the viewer is told that the live view is
+        reconnecting and, once the subscription is back, gets a fresh snapshot, so it converges on
+        the true state (the final panel included) without a reload.
+        """
+        hub = fanout.hub(current_app.config["REDIS_URL"])
+        sock = request.environ.get("gunicorn.socket")
         heartbeat = current_app.config["SSE_HEARTBEAT_SECONDS"]
-        job_id = job.id
+        job_id, name = job.id, channel(job)
+        closed = []
+
+        def release():
+            if not closed:
+                closed.append(True)
+                on_close()
+
+        def join(timeout):
+            # Confirmed before any snapshot is read, so nothing falls between the two.
+            try:
+                viewer = hub.join(name, timeout=timeout)
+            except ConnectionError:
+                return None  # Redis is unreachable
+            viewer.watch_hangup(sock)
+            return viewer
 
         @stream_with_context
         def generate():
+            viewer = None
             try:
                 yield ": connected\nretry: 2000\n\n"
-                job = db.session.get(Job, job_id, populate_existing=True)
-                ctx = fragments.job_context(job)
-                snapshot = [Frame(fragments.card(job, ctx), type="job_state")]
-                if job.is_final:
-                    snapshot.append(Frame(fragments.final_panel(job), type="job_complete"))
-                final, sent = job.is_final, ctx["sent_chars"]
-                # Render first, then close the session: a stream must hold no database
-                # connection for its lifetime, or a few viewers would drain the pool, and an
-                # idle viewer keeps no rows or rendered snapshot in memory.
-                db.session.close()
-                out = "".join(str(frame) for frame in snapshot)
-                del job, ctx, snapshot
-                yield out
-                del out
-                if final:
-                    return
-                while True:
-                    messages = viewer.get_ready(timeout=heartbeat)
-                    if not messages:
-                        yield ": heartbeat\n\n"
-                        continue
-                    # Frames that arrived together leave in one write: a ticker frame and its
-                    # answer text are one send to the browser, not two.
-                    out, sent, ended = _render(messages, sent)
-                    if out:
-                        yield out
-                    if ended:
-                        return
+                viewer = join(1)
+                if viewer is None and not hub.down:
+                    viewer = join(fanout.ACK_TIMEOUT)  # slow to confirm, but not known to be down
+                # With Redis down, the snapshot comes at once, from the database.
+                frames, sent, final = _snapshot(job_id, live=viewer is not None)
+                yield from frames
+                while not final:
+                    if viewer is None:
+                        viewer = join(heartbeat)
+                        if viewer is None:
+                            yield ": heartbeat\n\n"
+                            if not _is_final(job_id):
+                                continue
+                    else:
+                        outcome = yield from _relay(viewer, heartbeat, sent, job_id)
+                        if outcome is DONE:
+                            return
+                        if outcome is LOST:
+                            viewer.close()
+                            viewer = None
+                            yield str(Frame(fragments.live_status(job_id, live=False), type="job_live"))
+                            continue
+                    # Back on Redis, a frame missed, or the job ended unseen: start over.
+                    frames, sent, final = _snapshot(job_id, live=viewer is not None)
+                    yield from frames
             finally:
-                viewer.close()
-                on_close()
+                if viewer is not None:
+                    viewer.close()
+                release()
 
         response = current_app.response_class(generate(), mimetype="text/event-stream", headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx-style proxies must not hold frames back
         })
-        # A stream closed before its first chunk never runs generate's finally: leave here too.
-        response.call_on_close(viewer.close)
+        # A stream closed before its first chunk never runs generate's finally.
+        response.call_on_close(release)
         return response
 
 
@@ -111,7 +134,7 @@ class Publisher:
         self.client, self.waiting, self.greenlet = client, [], None
 
     def send(self, job, frames, live_figures):
-        """Queue a job's frames for the next batch; return whether its visitor asked to stop."""
+        """Queue a job's frames for the next batch; return its replies (the last: a stop asked?)."""
         result = gevent.event.AsyncResult()
         self.waiting.append((job, frames, live_figures, result))
         if self.greenlet is None:
@@ -123,28 +146,29 @@ class Publisher:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
                 try:
-                    stops = self._execute(batch)
+                    replies = self._execute(batch)
                 except Exception as error:  # every publisher of the batch sees the failure
                     for *_, result in batch:
                         result.set_exception(error)
                     continue
-                for (*_, result), stop in zip(batch, stops):
-                    result.set(stop)
+                for (*_, result), mine in zip(batch, replies):
+                    result.set(mine)
         finally:
             self.greenlet = None
 
     def _execute(self, batch):
         with self.client.pipeline(transaction=True) as pipe:
-            replies_at = []
+            spans = []
             for job, frames, live_figures, _ in batch:
+                start = len(pipe.command_stack)
                 if live_figures is not None:
                     live.write(pipe, job, **live_figures)
                 for frame in frames:
                     pipe.publish(channel(job), json.dumps(frame))
                 pipe.exists(_stop_key(job))
-                replies_at.append(len(pipe.command_stack) - 1)
+                spans.append((start, len(pipe.command_stack)))
             replies = pipe.execute()
-        return [bool(replies[at]) for at in replies_at]
+        return [replies[start:end] for start, end in spans]
 
 
 def _publisher():
@@ -156,24 +180,70 @@ def _publisher():
     return publishers[key]
 
 
+DONE, LOST, RESYNC = object(), object(), object()  # why a viewer's relay of frames ended
+
+
+def _snapshot(job_id, live):
+    """Return the job's current state as SSE text, the answer characters it holds, and finality."""
+    job = db.session.get(Job, job_id, populate_existing=True)
+    ctx = fragments.job_context(job)
+    frames = [Frame(fragments.card(job, ctx), type="job_state")]
+    if job.is_final:
+        frames.append(Frame(fragments.final_panel(job), type="job_complete"))
+    else:
+        frames.append(Frame(fragments.live_status(job.id, live=live), type="job_live"))
+    final, sent = job.is_final, ctx["sent_chars"]
+    out = [str(frame) for frame in frames]
+    # Render first, then close the session: a stream must hold no database connection for its
+    # lifetime, or a few viewers would drain the pool, and an idle viewer keeps no rows.
+    db.session.close()
+    return out, sent, final
+
+
+def _is_final(job_id):
+    final = db.session.get(Job, job_id, populate_existing=True).is_final
+    db.session.close()
+    return final
+
+
+def _relay(viewer, heartbeat, sent, job_id):
+    """Yield the viewer's frames as SSE text; return why it stopped: DONE, LOST or RESYNC."""
+    while True:
+        messages = viewer.get_ready(timeout=heartbeat)
+        if not messages:
+            yield ": heartbeat\n\n"
+            # A final frame lost to a Redis hiccup must not leave the viewer waiting for ever.
+            if _is_final(job_id):
+                return RESYNC
+            continue
+        # Frames that arrived together leave in one write: a ticker frame and its answer text
+        # are one send to the browser, not two.
+        out, sent, outcome = _render(messages, sent)
+        if out:
+            yield out
+        if outcome is not None:
+            return outcome
+
+
 def _render(messages, sent):
-    """Return the SSE text for messages, the answer characters sent, and whether the stream ends."""
+    """Return the SSE text for messages, the answer characters sent, and why to stop (or None)."""
     out = []
     for message in messages:
-        if message is fanout.LEFT:
-            return "", sent, True  # nobody to write to
-        if message is fanout.LOST or message is fanout.OVERFLOW:
-            # Frames may be missing: the browser reconnects to a fresh snapshot.
-            return "".join(out), sent, True
+        if message is fanout.LEFT or message is fanout.OVERFLOW:
+            return "".join(out), sent, DONE  # gone, or too slow: a browser still there reconnects
+        if message is fanout.LOST:
+            return "".join(out), sent, LOST
         frame = json.loads(message)
         if frame["type"] == "job_answer":
+            if frame["start"] > sent:
+                return "".join(out), sent, RESYNC  # a frame went missing
             frame, sent = _unsent_part(frame, sent)
             if frame is None:
                 continue
         out.append(str(Frame(frame["data"], type=frame["type"])))
         if frame["type"] == "job_complete":
-            return "".join(out), sent, True
-    return "".join(out), sent, False
+            return "".join(out), sent, DONE
+    return "".join(out), sent, None
 
 
 def _unsent_part(frame, sent):
@@ -196,8 +266,11 @@ def request_stop(job):
 
 
 def stop_requested(job):
-    """Tell whether the visitor asked to stop the job."""
-    return bool(bus.client().exists(_stop_key(job)))
+    """Tell whether the visitor asked to stop the job (no one could while Redis is unreachable)."""
+    try:
+        return bool(bus.client().exists(_stop_key(job)))
+    except redis.RedisError:
+        return False
 
 
 def _stop_key(job):
@@ -217,11 +290,18 @@ def publish_state(job):
     sse.publish_frames(job, frames)
 
 
-def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False):
-    """Publish a ticker frame (absolute figures) and any new answer text; return stop_requested."""
+def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None):
+    """Publish a ticker frame (absolute figures) and any new answer text.
+
+    Return (the length in bytes of the answer text Redis now holds — `whole` rewrites it all —,
+    whether the visitor asked to stop), or None if Redis is unreachable.
+    """
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    return sse.publish_frames(job, frames, live_figures={**figures, "text": text})
+    replies = sse.publish_frames(job, frames, live_figures={**figures, "text": text, "whole": whole})
+    if replies is None:
+        return None
+    return replies[1 if whole is not None else 0], bool(replies[-1])

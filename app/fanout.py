@@ -191,6 +191,7 @@ class Hub:
         self.write_lock = gevent.lock.Semaphore()
         self.reader = None
         self.reconnects = 0
+        self.down = False  # the last attempt to reach Redis failed (or the connection broke)
 
     # --- viewers ---------------------------------------------------------------------------
     def join(self, channel, timeout=ACK_TIMEOUT):
@@ -229,6 +230,12 @@ class Hub:
                     self._send(_command(b"UNSUBSCRIBE", viewer.channel))
                 except OSError:
                     pass  # the reader notices the broken connection and starts over
+
+    def disconnect_all(self):
+        """End every viewer's stream (the process is stopping; their browsers reconnect elsewhere)."""
+        for state in tuple(self.channels.values()):
+            for viewer in tuple(state.viewers):
+                viewer.queue.put_nowait(LEFT)
 
     def viewer_count(self):
         return sum(len(state.viewers) for state in self.channels.values())
@@ -282,11 +289,13 @@ class Hub:
             try:
                 self.sock, reader = self._connect()
             except (OSError, RedisError) as error:
+                self.down = True
                 log.warning("fan-out: cannot connect to Redis (%s); retrying in %.2f s", error, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
             backoff = 0.05
+            self.down = False
             self.unconfirmed.clear()
             self.connected.set()
             if self.channels:
@@ -296,6 +305,7 @@ class Hub:
             except (OSError, RedisError, ValueError) as error:
                 log.warning("fan-out: Redis subscription lost (%s); reconnecting", error)
             finally:
+                self.down = True
                 self.connected.clear()
                 try:
                     self.sock.close()
@@ -352,6 +362,12 @@ class Hub:
 
 _hubs = {}
 _hubs_lock = threading.Lock()
+
+
+def disconnect_all():
+    """End every viewer's stream in this process."""
+    for found in tuple(_hubs.values()):
+        found.disconnect_all()
 
 
 def hub(url):

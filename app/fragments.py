@@ -1,4 +1,5 @@
 """Render the HTML fragments that the page, htmx responses and SSE pushes all share."""
+import redis
 from flask import render_template
 
 from . import live, pricing
@@ -24,11 +25,24 @@ def job_context(job):
         ctx["breakdown"] = pricing.quote(pricing.tariff(), job.model, job.input_tokens,
                                          job.estimated_output_tokens, job.btc_usd, job.btc_usd_source)
     if job.state == "executing":
-        state = live.read(job)
+        try:
+            state = live.read(job)
+        except redis.RedisError:
+            state = None
+        if state is None and job.result:
+            # Redis is unreachable or has lost the live state: show the last checkpoint.
+            state = live.LiveState(*checkpoint_figures(job), 0, job.result)
         ctx["figures"] = ticker_figures(job, state)
         ctx["answer"] = state.text if state else ""
         ctx["sent_chars"] = len(ctx["answer"])
     return ctx
+
+
+def checkpoint_figures(job):
+    """Return the ticker's tokens, output tokens and msats at the job's last checkpoint."""
+    output_tokens = job.checkpoint_output_tokens or 0
+    msat = pricing.charge_msat(pricing.tariff(), job.model, job.input_tokens or 0, output_tokens, job.btc_usd)
+    return (job.input_tokens or 0) + output_tokens, output_tokens, msat
 
 
 def card(job, ctx=None):
@@ -39,6 +53,11 @@ def card(job, ctx=None):
 def final_panel(job):
     """Render the final panel: the swap target of job_complete."""
     return render_template("fragments/final.html", job=job, ledger=job.ledger)
+
+
+def live_status(job_id, live):
+    """Render the live view's status: hidden while live, a notice while reconnecting."""
+    return render_template("fragments/live_status.html", job_id=job_id, live=live)
 
 
 def ticker(job, *, tokens, output_tokens, msat, thinking=0):

@@ -31,3 +31,16 @@ errorlog = "-"
 # gunicorn >= 25.1 opens a control socket under $HOME by default; a dyno doesn't need one, and
 # several instances on one machine would fight over it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    # At start-up, and every half lease, end jobs whose process died (app/recovery.py); on
+    # SIGTERM, settle this worker's running jobs and close its streams at once (app/lifecycle.py).
+    from app import lifecycle
+    worker.workshop_shutdown = lifecycle.start(worker.wsgi, lambda: worker.alive)
+
+
+def worker_exit(server, worker):
+    # gunicorn waits only for open requests; jobs being settled must finish their writes too.
+    from app import lifecycle
+    lifecycle.finish(getattr(worker, "workshop_shutdown", None))

@@ -6,7 +6,7 @@ import gevent
 from flask import current_app, g
 from sqlalchemy import update
 
-from . import events, pricing, refunds
+from . import events, pricing, recovery, refunds
 from .agent import ProviderError, get_agent
 from .lightning import get_wallet, webhook
 from .metering import count_tokens
@@ -71,11 +71,18 @@ def _add_invoice(job, kind, amount_msat, memo):
                                 payment_request=new.payment_request, expires_at=new.expires_at))
 
 
-def transition(job, from_state, to_state, **values):
-    """Move job from one state to the next with a conditional update; tell whether it moved."""
-    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state)
+def transition(job, from_state, to_state, where=(), add=(), **values):
+    """Move job from one state to the next with a conditional update; tell whether it moved.
+
+    Rows in `add` (and anything else pending in the session) are written only if it moved.
+    """
+    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state, *where)
                                .values(state=to_state, updated_at=utcnow(), **values)).rowcount == 1
-    db.session.commit()
+    if moved:
+        db.session.add_all(add)
+        db.session.commit()
+    else:
+        db.session.rollback()
     db.session.refresh(job)
     if moved:
         events.publish_state(job)
@@ -100,8 +107,10 @@ def on_payment(payment_hash):
     job = invoice.job
     waiting, working = (("awaiting_eval_payment", "evaluating") if invoice.kind == "eval"
                         else ("awaiting_work_payment", "executing"))
-    # A payment that arrives after the invoice expired still runs the job.
-    if transition(job, waiting, working) or transition(job, "expired", working, reason=None):
+    # The job is leased to this process in the same update that starts its work; a payment
+    # that arrives after the invoice expired still runs the job.
+    if (transition(job, waiting, working, **recovery.lease())
+            or transition(job, "expired", working, reason=None, **recovery.lease())):
         if invoice.kind == "eval":
             spawn(evaluate, job.id)
         else:
@@ -134,12 +143,19 @@ def expire_if_due(job):
 
 def evaluate(job_id):
     """Have Timmy accept or reject the job; if accepted, quote it and issue the work invoice."""
-    job = db.session.get(Job, job_id)
+    with recovery.holding(job_id, "evaluating"):
+        _evaluate(db.session.get(Job, job_id))
+
+
+def _evaluate(job):
+    job_id = job.id
+    # Only the lease holder may end the evaluation, and ending it ends the lease.
+    leased = {"where": (recovery.held_by_me(),), **recovery.released()}
     try:
         agent = get_agent()
         verdict = agent.evaluate(job.request)
         if not verdict.accepted:
-            transition(job, "evaluating", "rejected", reason=verdict.reason)
+            transition(job, "evaluating", "rejected", reason=verdict.reason, **leased)
             return
         input_tokens = count_tokens(agent.prompt(job.request))
         btc_usd, btc_usd_source = pricing.btc_usd_quote()
@@ -149,7 +165,7 @@ def evaluate(job_id):
         _add_invoice(job, "work", quote["amountSats"] * pricing.MSAT_PER_SAT, "Timmy's Workshop: the job")
         transition(job, "evaluating", "awaiting_work_payment", reason=verdict.reason,
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
-                   btc_usd=btc_usd, btc_usd_source=btc_usd_source)
+                   btc_usd=btc_usd, btc_usd_source=btc_usd_source, **leased)
     except Exception as error:
         if isinstance(error, (ProviderError, pricing.PriceUnavailable)):  # expected, explained
             log.warning("evaluation of job %s failed: %s", job_id, error)
@@ -158,9 +174,10 @@ def evaluate(job_id):
         db.session.rollback()
         known = (ProviderError, pricing.PriceUnavailable)
         reason = str(error) if isinstance(error, known) else "Timmy could not evaluate the request."
+        # Owed only if this process is the one that ends the job (transition writes it then).
         refunds.owe(job, job.invoice("eval").amount_msat, "eval_failed")
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is owed "
-                   "back to you: claim it below with an invoice.")
+                   "back to you: claim it below with an invoice.", **leased)
 
 
 def spawn(fn, *args):

@@ -19,12 +19,18 @@ def _keys(job):
     return f"job:{job.channel}:figures", f"job:{job.channel}:text"
 
 
-def write(pipe, job, *, tokens, output_tokens, msat, thinking, text):
-    """Queue the absolute figures and the new text on a Redis pipeline."""
+def write(pipe, job, *, tokens, output_tokens, msat, thinking, text, whole=None):
+    """Queue the new text (or the whole text so far) and the absolute figures on a Redis pipeline.
+
+    The pipeline's first reply is then the length in bytes of the text Redis holds.
+    """
     figures, text_key = _keys(job)
+    if whole is None:
+        pipe.append(text_key, text.encode("utf-8"))
+    else:
+        pipe.set(text_key, whole.encode("utf-8")).strlen(text_key)
     pipe.hset(figures, mapping={"tokens": tokens, "output_tokens": output_tokens, "msat": msat,
                                 "thinking": thinking})
-    pipe.append(text_key, text.encode("utf-8"))
     pipe.expire(figures, TTL_SECONDS)
     pipe.expire(text_key, TTL_SECONDS)
 

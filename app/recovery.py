@@ -1,0 +1,141 @@
+"""Leases on running jobs, and the sweep that ends honestly the jobs whose process died.
+
+A process that starts evaluating or executing a job leases it (lease_owner, lease_expires_at)
+and renews the lease while it works; an executing job's renewal also checkpoints its answer so
+far. Any process can tell a busy job from an orphaned one by the lease alone: only a lease left
+to lapse (its process was killed, or lost the database for longer than a lease) is swept. An
+orphaned evaluation is evaluated again (its fee is paid and nothing was quoted yet); an orphaned
+execution fails, charged for the answer as last checkpointed, the rest owed back as a refund.
+"""
+import logging
+import os
+import secrets
+import socket
+from contextlib import contextmanager
+from datetime import timedelta
+
+import gevent
+import gevent.event
+from flask import current_app
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from .models import Job, db, utcnow
+
+log = logging.getLogger(__name__)
+LEASED_STATES = ("evaluating", "executing")
+_owner = {}
+
+
+class LeaseLost(gevent.GreenletExit):
+    """Another process swept this job: stop working on it, and settle nothing."""
+
+
+def owner():
+    """Return this process's name as a lease holder (a forked child gets a new one)."""
+    pid = os.getpid()
+    if pid not in _owner:
+        _owner[pid] = f"{socket.gethostname()[:60]}:{pid}:{secrets.token_hex(4)}"
+    return _owner[pid]
+
+
+def lease(seconds=None):
+    """Return the column values that lease a job to this process from now on."""
+    seconds = current_app.config["JOB_LEASE_SECONDS"] if seconds is None else seconds
+    return {"lease_owner": owner(), "lease_expires_at": utcnow() + timedelta(seconds=seconds)}
+
+
+def held_by_me():
+    """Return the condition that this process holds the job's lease."""
+    return Job.lease_owner == owner()
+
+
+def renew(job_id, state, **checkpoint):
+    """Extend this process's lease on a job (saving any checkpoint with it); tell whether it held."""
+    # Its own connection, not the session: the greenlet working on the job uses the session.
+    with db.engine.begin() as connection:
+        return connection.execute(update(Job).where(Job.id == job_id, Job.state == state, held_by_me())
+                                  .values(**lease(), **checkpoint)).rowcount == 1
+
+
+def keep(job_id, state, worker, done, checkpoint=dict):
+    """Renew the lease every checkpoint interval until done is set; stop worker if it was lost."""
+    interval = min(current_app.config["JOB_CHECKPOINT_SECONDS"], current_app.config["JOB_LEASE_SECONDS"] / 3)
+    while not done.wait(interval):
+        try:
+            held = renew(job_id, state, **checkpoint())
+        except SQLAlchemyError:
+            log.warning("job %s: could not renew its lease; retrying", job_id, exc_info=True)
+            continue
+        if not held:
+            log.warning("job %s was taken over by another process; leaving it", job_id)
+            worker.kill(LeaseLost, block=False)
+            return
+
+
+@contextmanager
+def holding(job_id, state, checkpoint=dict):
+    """Keep this process's lease on the job (and checkpoint it) while the body runs."""
+    app, worker = current_app._get_current_object(), gevent.getcurrent()
+    done = gevent.event.Event()
+
+    def run():
+        with app.app_context():
+            keep(job_id, state, worker, done, checkpoint)
+
+    keeper = gevent.spawn(run)
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join()  # a renewal under way finishes; none starts after the work has ended
+
+
+def released():
+    """Return the column values that end a job's lease (it reached its next state)."""
+    return {"lease_owner": None, "lease_expires_at": None}
+
+
+def sweep():
+    """End or restart every job whose lease has lapsed; return the ids of the jobs taken over."""
+    now = utcnow()
+    lapsed = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+    found = db.session.execute(select(Job.id, Job.state).where(Job.state.in_(LEASED_STATES), lapsed)).all()
+    db.session.rollback()
+    taken = []
+    for job_id, state in found:
+        # One conditional update claims it: of several processes sweeping at once, one wins.
+        claimed = db.session.execute(update(Job).where(Job.id == job_id, Job.state == state, lapsed)
+                                     .values(**lease())).rowcount == 1
+        db.session.commit()
+        if not claimed:
+            continue
+        taken.append(job_id)
+        log.warning("job %s was %s in a process that died; recovering it", job_id, state)
+        from . import jobs, runner
+        if state == "evaluating":
+            jobs.spawn(jobs.evaluate, job_id)
+        else:
+            runner.settle_from_checkpoint(db.session.get(Job, job_id))
+    # Invoices still outstanding (awaiting_*_payment) are the wallet's to confirm: a backend
+    # that learns of payments out of band (its own invoice watcher) calls jobs.on_payment.
+    return taken
+
+
+def watch(app, stopping):
+    """Sweep at start-up and every half lease, until stopping is set."""
+    interval = app.config["JOB_LEASE_SECONDS"] / 2
+    while not stopping.is_set():
+        try:
+            with app.test_request_context():  # fragments are rendered with url_for
+                sweep()
+        except Exception:
+            log.exception("sweeping for orphaned jobs failed; trying again")
+        stopping.wait(interval)
+
+
+def start(app):
+    """Start this process's sweeper; return the event that stops it."""
+    stopping = gevent.event.Event()
+    gevent.spawn(watch, app, stopping)
+    return stopping
