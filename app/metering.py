@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import threading
+import unicodedata
 from pathlib import Path
 
 import gevent
@@ -210,12 +211,23 @@ class Meter:
 
     def _settle(self, tail: str) -> tuple[int, str]:
         """Return the tokens of tail's settled pieces and the unsettled rest."""
-        starts = [m.start() for m in self._pattern.finditer(tail)]
+        # The regex module may know characters that tiktoken's own (Rust) regex does not yet:
+        # a character new to Unicode is a letter to one and not to the other, and the two split
+        # differently around it. Settle only before the first character that Python's (older)
+        # Unicode tables don't know; the word-end cut, and tiktoken itself, settle past it.
+        starts = [m.start() for m in self._pattern.finditer(tail, 0, _known_prefix(tail))]
         if len(starts) <= UNSETTLED_PIECES:
             return 0, tail
         bounds = starts[: len(starts) - UNSETTLED_PIECES + 1]
         encode = self._enc.encode_ordinary
         return sum(len(encode(tail[a:b])) for a, b in zip(bounds, bounds[1:])), tail[bounds[-1]:]
+
+
+def _known_prefix(text: str) -> int:
+    """Return the length of text before its first character unassigned in unicodedata."""
+    if text.isascii():
+        return len(text)
+    return next((i for i, c in enumerate(text) if unicodedata.category(c) == "Cn"), len(text))
 
 
 def _last_word_end(text: str, tries: int = 8) -> int:

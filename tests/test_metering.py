@@ -259,6 +259,16 @@ def split_texts(draw):
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("scan_every", [0, 1, 2, 32])
+def test_a_character_newer_than_the_tokenizers_unicode_counts_exactly(encoding, scan_every):
+    # U+323B0 is a letter to the regex module's Unicode tables but not to tiktoken's: the two
+    # split ".s" differently after it, so settling must not trust the regex module there.
+    text = "\U000323b0.s  '" * 3
+    for n in (1, 2, 5, len(text)):
+        assert metered(pieces(n, text), encoding, True, scan_every)[0] == full(text, encoding)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
 @settings(max_examples=300, deadline=None)
 @given(case=split_texts(), scan_every=SCANS)
 def test_any_split_counts_exactly(encoding, case, scan_every):
