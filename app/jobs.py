@@ -177,7 +177,7 @@ def _evaluate(job):
         # Owed only if this process is the one that ends the job (transition writes it then).
         refunds.owe(job, job.invoice("eval").amount_msat, "eval_failed")
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is owed "
-                   "back to you: claim it below with an invoice.", **leased)
+                   "back to you as a refund.", **leased)
 
 
 def spawn(fn, *args):

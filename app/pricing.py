@@ -51,13 +51,19 @@ def btc_usd_quote():
         return Decimal(current_app.config["BTC_USD"]), "fixed"
     quotes = oracle.fresh_quotes()
     if not quotes:
-        minutes = max(1, round(oracle.max_age / 60))
-        plural = "s" if minutes != 1 else ""
         raise PriceUnavailable(f"Timmy can't quote right now: none of the Workshop's BTC price "
-                               f"sources has given a price in the last {minutes} minute{plural}.")
+                               f"sources has given a price in the last {_period(oracle.max_age)}.")
     # To the cent, as the price is stored on the job; the median of two is their mean.
     price = median(q.price_usd for q in quotes).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     return price, "median:" + ",".join(sorted(q.source for q in quotes))
+
+
+def _period(seconds):
+    """Say a span of seconds in the unit that fits: '45 seconds', '10 minutes'."""
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} second{'' if seconds == 1 else 's'}"
+    return f"{round(seconds / 60)} minutes"
 
 
 def fee_usd(t, model, input_tokens, output_tokens, cache_read_tokens=0, cache_write_tokens=0):

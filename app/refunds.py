@@ -38,6 +38,10 @@ def owe(job, amount_msat, reason):
         log.error("job %s: %s msat more owed after its refund was claimed; pay it by hand", job.id, amount_msat)
 
 
+def _sats(amount):
+    return f"{amount:,} {'sat' if amount == 1 else 'sats'}"
+
+
 def network_of(job):
     """Return the BOLT11 currency prefix of the wallet's network: that of the job's own invoices."""
     return bolt11.decode(job.invoices[0].payment_request).currency
@@ -46,7 +50,7 @@ def network_of(job):
 def check_invoice(job, refund, text):
     """Return the decoded invoice if it is one the refund may pay, else raise RefundError saying why."""
     if not isinstance(text, str) or not text.strip():
-        raise RefundError(f"Paste a Lightning invoice (BOLT11) for exactly {refund.amount_sats:,} sats.")
+        raise RefundError(f"Paste a Lightning invoice (BOLT11) for exactly {_sats(refund.amount_sats)}.")
     text = text.strip()
     if text.lower().startswith("lightning:"):
         text = text[len("lightning:"):]
@@ -65,12 +69,12 @@ def check_invoice(job, refund, text):
         raise RefundError(f"That invoice is for {NETWORKS.get(invoice.currency, invoice.currency)}; "
                           f"the Workshop pays on {NETWORKS.get(ours, ours)}.")
     if invoice.amount_msat is None:
-        raise RefundError(f"That invoice has no amount: make one for exactly {refund.amount_sats:,} sats.")
+        raise RefundError(f"That invoice has no amount: make one for exactly {_sats(refund.amount_sats)}.")
     if int(invoice.amount_msat) != refund.amount_msat:
         given = int(invoice.amount_msat)
         given_sats = f"{given // 1000:,}" if given % 1000 == 0 else str(Decimal(given) / 1000)
         raise RefundError(f"That invoice is for {given_sats} sats; "
-                          f"make one for exactly {refund.amount_sats:,} sats.")
+                          f"make one for exactly {_sats(refund.amount_sats)}.")
     if invoice.date + invoice.expiry - time.time() < MIN_INVOICE_LIFE_SECONDS:
         raise RefundError("That invoice has expired or is about to; make a new one.")
     return text.lower(), invoice

@@ -99,7 +99,8 @@ def test_an_expired_invoice_ends_the_job_and_cannot_be_paid(make_app):
     job = create(client)
     response = client.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
     assert response.status_code == 410 and "expired" in response.json["error"]
-    assert client.get(f"/api/jobs/{job['jobId']}").json["state"] == "expired"
+    shown = client.get(f"/api/jobs/{job['jobId']}").json
+    assert shown["state"] == "expired" and shown["evalInvoice"]["state"] == "expired"
 
 
 @pytest.mark.parametrize("body, status, words", [

@@ -243,3 +243,8 @@ def test_gunicorn_serves_others_while_a_source_is_slow_then_prices_the_job(tmp_p
         assert [s.requests for s in tickers] == [1, 1, 1]  # job creation fetched; the quote reused it
     finally:
         server.stop()
+
+
+def test_a_short_freshness_window_is_said_in_seconds():
+    assert pricing._period(15) == "15 seconds" and pricing._period(1) == "1 second"
+    assert pricing._period(600) == "10 minutes" and pricing._period(119) == "119 seconds"

@@ -2,6 +2,7 @@
 from flask import Blueprint, abort, jsonify, request, url_for
 
 from .. import jobs, pricing, refunds, visitors
+from ..models import utcnow
 from ..security import limit, same_origin_only
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -11,8 +12,10 @@ bp.before_request(same_origin_only)
 def invoice_json(invoice):
     if invoice is None:
         return None
+    # Past its expiry an unpaid invoice is "expired" (a late payment is still watched for).
+    state = "expired" if invoice.state == "pending" and invoice.expires_at <= utcnow() else invoice.state
     return {"paymentRequest": invoice.payment_request, "paymentHash": invoice.payment_hash,
-            "amountSats": invoice.amount_sats, "state": invoice.state,
+            "amountSats": invoice.amount_sats, "state": state,
             "expiresAt": invoice.expires_at.isoformat() + "Z"}
 
 
