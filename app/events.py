@@ -92,6 +92,8 @@ class JobEvents(ServerSentEventsBlueprint):
                 while not final:
                     if viewer is None:
                         viewer = join(heartbeat)
+                        if viewer is None and hub.stopping:
+                            return  # the process is stopping: the browser reconnects elsewhere
                         if viewer is None:
                             yield ": heartbeat\n\n"
                             if not _is_final(job_id):
@@ -189,6 +191,9 @@ def _snapshot(job_id, live):
     ctx = fragments.job_context(job)
     frames = [Frame(fragments.card(job, ctx), type="job_state")]
     if job.is_final:
+        # Nothing is live any more: the notice (outside the card) goes before the final panel
+        # closes the stream, or a job that ended during an outage would say "reconnecting" for good.
+        frames.insert(0, Frame(fragments.live_status(job.id, live=True), type="job_live"))
         frames.append(Frame(fragments.final_panel(job), type="job_complete"))
     else:
         frames.append(Frame(fragments.live_status(job.id, live=live), type="job_live"))

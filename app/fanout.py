@@ -17,6 +17,7 @@ re-subscribes the channels that still have viewers.
 """
 import logging
 import os
+import secrets
 import socket
 import threading
 
@@ -36,6 +37,7 @@ OVERFLOW = object()  # the viewer stopped reading and fell too far behind
 LEFT = object()  # the viewer's browser closed its connection
 MAX_BACKLOG = 2000  # frames queued for one viewer before it is cut off (Redis would do the same)
 ACK_TIMEOUT = 10  # seconds a new viewer waits for Redis to confirm its subscription
+DRAIN_SECONDS = 2  # at a shutdown, how long frames already published may take to reach viewers
 HEALTH_SECONDS = 30  # a connection silent this long is PINGed; silent twice that long, replaced
 
 
@@ -192,6 +194,8 @@ class Hub:
         self.reader = None
         self.reconnects = 0
         self.down = False  # the last attempt to reach Redis failed (or the connection broke)
+        self.stopping = False  # the process is shutting down: no viewer waits for Redis any more
+        self.pongs = {}  # PING payload -> event set once Redis has answered it
 
     # --- viewers ---------------------------------------------------------------------------
     def join(self, channel, timeout=ACK_TIMEOUT):
@@ -200,6 +204,8 @@ class Hub:
         Returning only after the confirmation means that anything read from Redis afterwards (a
         snapshot) is older than every frame the viewer will be handed.
         """
+        if self.stopping:
+            raise ConnectionError("the process is stopping")
         key = channel.encode() if isinstance(channel, str) else channel
         viewer = Viewer(self, key)
         state = self.channels.get(key)
@@ -212,7 +218,7 @@ class Hub:
             # else the reader subscribes every channel with viewers when it connects
         else:
             state.viewers.add(viewer)
-        if not state.confirmed.wait(timeout):
+        if not state.confirmed.wait(timeout) or self.stopping:
             self.leave(viewer)
             raise ConnectionError(f"Redis did not confirm the subscription within {timeout} s")
         return viewer
@@ -233,9 +239,27 @@ class Hub:
 
     def disconnect_all(self):
         """End every viewer's stream (the process is stopping; their browsers reconnect elsewhere)."""
+        self.drain()  # the final panels just published reach their viewers first
+        self.stopping = True
         for state in tuple(self.channels.values()):
             for viewer in tuple(state.viewers):
                 viewer.queue.put_nowait(LEFT)
+            state.confirmed.set()  # wakes a join still waiting for a Redis that is down
+
+    def drain(self, timeout=DRAIN_SECONDS):
+        """Wait until every message Redis had for this subscription by now has been handed out."""
+        # Redis answers a PING on a subscribed connection after the messages queued before it.
+        if not self.connected.is_set():
+            return
+        token = secrets.token_hex(8).encode()
+        answered = self.pongs[token] = gevent.event.Event()
+        try:
+            self._send(_command(b"PING", token))
+            answered.wait(timeout)
+        except OSError:
+            pass
+        finally:
+            self.pongs.pop(token, None)
 
     def viewer_count(self):
         return sum(len(state.viewers) for state in self.channels.values())
@@ -348,6 +372,8 @@ class Hub:
                             self._send(_command(b"UNSUBSCRIBE", reply[1]))
                         continue
                     queue.put_nowait(reply[2])
+            elif kind == b"pong" and len(reply) > 1 and reply[1] in self.pongs:
+                self.pongs[reply[1]].set()
             elif kind == b"subscribe":
                 key = reply[1]
                 left = self.unconfirmed.get(key, 0) - 1

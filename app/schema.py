@@ -1,15 +1,19 @@
 """The database schema, kept by Alembic migrations (through Flask-Migrate) in app/migrations/."""
 import fcntl
+import logging
 import os
 from contextlib import contextmanager
 
 from alembic import command
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
 from .lightning import dev  # noqa: F401 -- the development wallet's table is part of the schema
 from .models import db
 
+log = logging.getLogger(__name__)
 DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 INITIAL_REVISION = "0001"  # the schema db.create_all() made before there were migrations
 # Any constant shared by every process of the app: they queue on it while one migrates.
@@ -61,3 +65,17 @@ def init_app(app):
     migrate.init_app(app, db)
     if app.config["DATABASE_AUTO_MIGRATE"]:
         upgrade(app)
+    else:
+        # Said loudly, not raised: `flask db upgrade` itself starts the app to run.
+        current, head = revisions(app)
+        if current != head:
+            log.error("The database schema is at revision %s, the newest is %s: run "
+                      "`flask --app app db upgrade` (or set DATABASE_AUTO_MIGRATE=1).", current, head)
+
+
+def revisions(app):
+    """Return the database's revision and the newest one."""
+    with app.app_context():
+        with db.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        return current, ScriptDirectory.from_config(migrate.get_config()).get_current_head()

@@ -123,6 +123,9 @@ def init_app(app):
     app.config.setdefault("RATELIMIT_STORAGE_OPTIONS",
                           {"connection_pool": app.extensions["redis"].connection_pool})
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # While Redis is down each worker counts in memory: limits still hold (per worker), and
+    # visitors can read their jobs and start new ones instead of meeting a 503.
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     # Every visitor gets their id before any limit is checked, so limits key on it.
     from .visitors import assign
     app.before_request(assign)

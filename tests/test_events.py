@@ -52,9 +52,10 @@ def test_a_viewer_of_a_finished_job_gets_its_final_state_then_the_stream_ends(cl
     work = client.get(f"/api/jobs/{job['jobId']}").json["workInvoice"]
     client.post(f"/api/dev/pay/{work['paymentHash']}")
     wait_for_jobs()
-    seen = read_stream(client, job["streamUrl"], 2)
-    assert [e for e, _ in seen] == ["job_state", "job_complete"]
-    assert 'data-state="complete"' in seen[0][1] and "data-actual-msat" in seen[1][1]
+    seen = read_stream(client, job["streamUrl"], 3)
+    assert [e for e, _ in seen] == ["job_live", "job_state", "job_complete"]
+    assert 'data-live="1"' in seen[0][1]  # nothing is live any more: no "reconnecting" notice
+    assert 'data-state="complete"' in seen[1][1] and "data-actual-msat" in seen[2][1]
 
 
 def test_a_viewer_joining_mid_job_gets_the_live_state_first(client, app):

@@ -198,3 +198,21 @@ def test_a_viewer_takes_every_frame_queued_at_once_in_order(redis_url, rds):
             got += ready
         assert got == [f"frame {i}".encode() for i in range(5)]
         assert viewer.get_ready(timeout=0.2) == []  # nothing more: a heartbeat is due
+
+
+def test_a_shutdown_hands_out_what_was_published_before_ending_the_streams(redis_url, rds):
+    hub = fanout.Hub(redis_url, name="workshop-fanout-test-drain")
+    viewer = hub.join("drain-channel")
+    try:
+        for n in range(200):
+            rds.publish("drain-channel", f"frame {n}")
+        hub.disconnect_all()  # right after the publishes, as a stopping worker does
+        got = []
+        while True:
+            message = viewer.get(timeout=5)
+            if message is fanout.LEFT or message is None:
+                break
+            got.append(message)
+        assert got == [f"frame {n}".encode() for n in range(200)] and message is fanout.LEFT
+    finally:
+        viewer.close()

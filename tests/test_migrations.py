@@ -54,6 +54,16 @@ def test_an_empty_database_is_migrated_to_the_newest_revision_matching_the_model
     assert current(app) == head()
 
 
+def test_without_auto_migration_an_unmigrated_database_is_said_at_start(make_app, database, caplog):
+    app = make_app(DATABASE_URL=database, DATABASE_AUTO_MIGRATE=False)
+    assert current(app) is None
+    assert "flask --app app db upgrade" in caplog.text and f"the newest is {head()}" in caplog.text
+    caplog.clear()
+    schema.upgrade(app)
+    make_app(DATABASE_URL=database, DATABASE_AUTO_MIGRATE=False)
+    assert "db upgrade" not in caplog.text  # in step: nothing to say
+
+
 def test_every_revision_goes_down_to_an_empty_database_and_up_again(make_app, database):
     app = make_app(DATABASE_URL=database)
     with app.app_context():

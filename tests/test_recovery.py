@@ -220,3 +220,45 @@ def test_redis_stopped_and_started_mid_job_the_job_goes_on_and_viewers_converge(
         server.stop()
         redis_server.terminate()
         redis_server.wait(10)
+
+
+def test_a_job_that_ends_while_redis_is_down_converges_and_sigterm_still_closes_streams(
+        tmp_path, shared_database, app):
+    port = free_port()
+    redis_server = start_redis_server(port, tmp_path)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    server = LiveServer(tmp_path, redis_url, DATABASE_URL=shared_database, **FAST_RECOVERY).start()
+    session = requests.Session()
+    try:
+        job = paid_job(server, session)
+        viewer = Viewer(session, server.url + job["streamUrl"])
+        viewer.start()
+        assert wait_until(lambda: len(viewer.seen("job_answer")) > 5)
+        redis_server.terminate()
+        redis_server.wait(10)
+        assert wait_until(lambda: any('data-live="0"' in s for s in viewer.seen("job_live")), timeout=20)
+        # Reads go on while Redis is away (limits count in memory meanwhile).
+        assert session.get(f"{server.url}/api/jobs/{job['jobId']}").status_code == 200
+        # The job ends during the outage: the viewer gets the final panel, and the notice goes.
+        viewer.join(60)
+        assert viewer.events[-1][0] == "job_complete"
+        assert 'data-live="1"' in viewer.seen("job_live")[-1]
+        final = final_job(server, session, job["jobId"])
+        assert final["state"] == "complete"
+        assert_settled(app, final, shared_database)
+        other = session.post(f"{server.url}/api/jobs", json={"request": "Hello"})  # still no Redis
+        assert other.status_code == 201
+        # A stream still waiting for Redis ends at once on SIGTERM: no grace timeout reached.
+        waiting = Viewer(session, server.url + other.json()["streamUrl"])
+        waiting.start()
+        assert wait_until(lambda: waiting.seen("job_live"), timeout=20)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert "Worker graceful timeout" not in server.log.read_text()
+    finally:
+        session.close()
+        server.stop()
+        redis_server.terminate()
+        redis_server.wait(10)
