@@ -35,7 +35,7 @@ def create_app(test_config=None):
     # A typo in a template is an error, not an empty string on a visitor's screen.
     app.jinja_env.undefined = jinja2.StrictUndefined
 
-    from . import agent, bus, errors, filters, lightning, models, oracle, schema, security, views, watcher
+    from . import agent, bus, errors, filters, lightning, models, oracle, schema, security, views
     models.init_app(app)
     schema.init_app(app)
     bus.init_app(app)
@@ -46,5 +46,4 @@ def create_app(test_config=None):
     filters.init_app(app)
     errors.init_app(app)
     views.init_app(app)
-    watcher.init_app(app)
     return app

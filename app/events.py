@@ -92,9 +92,9 @@ class JobEvents(ServerSentEventsBlueprint):
                 while not final:
                     if viewer is None:
                         viewer = join(heartbeat)
-                        if viewer is None and hub.stopping:
-                            return  # the process is stopping: the browser reconnects elsewhere
                         if viewer is None:
+                            if hub.stopping:
+                                return  # the process is stopping: the browser reconnects elsewhere
                             yield ": heartbeat\n\n"
                             if not _is_final(job_id):
                                 continue

@@ -1,5 +1,6 @@
 """The job state machine: a job advances only when the wallet confirms a payment, once per payment."""
 import logging
+from contextlib import contextmanager
 import unicodedata
 
 import gevent
@@ -150,7 +151,7 @@ def evaluate(job_id):
 def _evaluate(job):
     job_id = job.id
     # Only the lease holder may end the evaluation, and ending it ends the lease.
-    leased = {"where": (recovery.held_by_me(),), **recovery.released()}
+    leased = recovery.as_holder()
     try:
         agent = get_agent()
         verdict = agent.evaluate(job.request)
@@ -167,17 +168,27 @@ def _evaluate(job):
                    input_tokens=input_tokens, estimated_output_tokens=estimate,
                    btc_usd=btc_usd, btc_usd_source=btc_usd_source, **leased)
     except Exception as error:
-        if isinstance(error, (ProviderError, pricing.PriceUnavailable)):  # expected, explained
+        known = isinstance(error, (ProviderError, pricing.PriceUnavailable))  # expected, explained
+        if known:
             log.warning("evaluation of job %s failed: %s", job_id, error)
         else:
             log.exception("evaluation of job %s failed", job_id)
         db.session.rollback()
-        known = (ProviderError, pricing.PriceUnavailable)
-        reason = str(error) if isinstance(error, known) else "Timmy could not evaluate the request."
+        reason = str(error) if known else "Timmy could not evaluate the request."
         # Owed only if this process is the one that ends the job (transition writes it then).
         refunds.owe(job, job.invoice("eval").amount_msat, "eval_failed")
         transition(job, "evaluating", "failed", error_message=f"{reason} The evaluation fee is owed "
                    "back to you as a refund.", **leased)
+
+
+@contextmanager
+def neutral_context(app):
+    """Push a request context that belongs to no visitor, for work done outside any request."""
+    # Fragments are rendered with url_for, which needs a request context; no visitor's request
+    # is there, so use a neutral one (paths only; no session of anyone's, so no CSRF field).
+    with app.test_request_context():
+        g.pushing = True
+        yield
 
 
 def spawn(fn, *args):
@@ -185,10 +196,7 @@ def spawn(fn, *args):
     app = current_app._get_current_object()
 
     def run():
-        # Fragments are rendered with url_for, which needs a request context; the visitor's
-        # request has ended, so use a neutral one (paths only; no session of anyone's).
-        with app.test_request_context():
-            g.pushing = True
+        with neutral_context(app):
             try:
                 fn(*args)
             finally:

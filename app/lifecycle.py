@@ -10,7 +10,7 @@ import logging
 import gevent
 from sqlalchemy import update
 
-from . import fanout, jobs, recovery, runner
+from . import fanout, jobs, recovery, runner, watcher
 from .models import Job, db, utcnow
 
 log = logging.getLogger(__name__)
@@ -20,12 +20,16 @@ POLL_SECONDS = 0.2
 
 def start(app, alive):
     """Start this worker's sweeps; once alive() turns false, shut its work down. Return that greenlet."""
+    # Here, not in create_app: only a serving worker watches (not `flask db upgrade`, not tests).
     stopping = recovery.start(app)
+    payments = watcher.start(app)
 
     def watch():
         while alive():
             gevent.sleep(POLL_SECONDS)
         stopping.set()
+        if payments is not None:
+            payments.kill(block=False)  # no new wallet calls once the worker is stopping
         shutdown(app)
 
     return gevent.spawn(watch)

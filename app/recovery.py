@@ -96,6 +96,11 @@ def released():
     return {"lease_owner": None, "lease_expires_at": None}
 
 
+def as_holder(*add):
+    """Return the transition() arguments that let only this lease holder end a job, writing add."""
+    return {"where": (held_by_me(),), "add": add, **released()}
+
+
 def sweep():
     """End or restart every job whose lease has lapsed; return the ids of the jobs taken over."""
     now = utcnow()
@@ -117,17 +122,17 @@ def sweep():
             jobs.spawn(jobs.evaluate, job_id)
         else:
             runner.settle_from_checkpoint(db.session.get(Job, job_id))
-    # Invoices still outstanding (awaiting_*_payment) are the wallet's to confirm: a backend
-    # that learns of payments out of band (its own invoice watcher) calls jobs.on_payment.
+    # Invoices still outstanding (awaiting_*_payment) are the payment watcher's (app/watcher.py).
     return taken
 
 
 def watch(app, stopping):
     """Sweep at start-up and every half lease, until stopping is set."""
+    from .jobs import neutral_context  # jobs leases through this module
     interval = app.config["JOB_LEASE_SECONDS"] / 2
     while not stopping.is_set():
         try:
-            with app.test_request_context():  # fragments are rendered with url_for
+            with neutral_context(app):
                 sweep()
         except Exception:
             log.exception("sweeping for orphaned jobs failed; trying again")

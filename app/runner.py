@@ -222,7 +222,7 @@ def settle(job, text, usage, source, error=None, note=None):
     # Owed back with the job's final state, in its transaction (nothing if this process lost it).
     refunds.owe(job, refund_owed_msat, "overpaid")
     # Only the lease holder settles, once: a process that lost the job to a sweep writes nothing.
-    leased = {"where": (recovery.held_by_me(),), "add": (ledger,), **recovery.released()}
+    leased = recovery.as_holder(ledger)
     if error:
         return transition(job, "executing", "failed", result=text, error_message=error, **leased)
     return transition(job, "executing", "complete", result=text, reason=note or job.reason, **leased)

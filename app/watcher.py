@@ -10,7 +10,8 @@ import time
 from datetime import timedelta
 
 import gevent
-from flask import current_app, g
+from flask import current_app
+from sqlalchemy import select
 
 from . import jobs, refunds
 from .models import Invoice, Job, Refund, db, utcnow
@@ -42,11 +43,13 @@ def sweep(backoff, now):
     """Check every due invoice and refund once; expire jobs whose invoice the wallet says is unpaid."""
     config = current_app.config
     horizon = utcnow() - timedelta(seconds=config["LATE_PAYMENT_WATCH_SECONDS"])
-    invoices = Invoice.query.filter(Invoice.state == "pending", Invoice.expires_at > horizon).all()
+    # Plain rows with their job's state, in one query: nothing the checks below change is held.
+    invoices = db.session.execute(
+        select(Invoice.payment_hash, Invoice.job_id, Invoice.expires_at, Job.state).join(Job)
+        .where(Invoice.state == "pending", Invoice.expires_at > horizon)).all()
     refunds_pending = Refund.query.filter(Refund.state == "pending").all()
     backoff.forget_except([i.payment_hash for i in invoices] + [r.job_id for r in refunds_pending])
-    for payment_hash, job_id, expires_at in [(i.payment_hash, i.job_id, i.expires_at) for i in invoices]:
-        job_state = db.session.get(Job, job_id).state
+    for payment_hash, job_id, expires_at, job_state in invoices:
         # An invoice at its expiry is asked about once more before its job expires.
         expiring = expires_at <= utcnow() and job_state in ("awaiting_eval_payment", "awaiting_work_payment")
         if not (expiring or backoff.due(payment_hash, now)):
@@ -75,8 +78,7 @@ def sweep(backoff, now):
 def run(app):
     """Sweep forever, inside the app, with a neutral request context for rendering fragments."""
     backoff = Backoff(app.config["WATCH_MAX_INTERVAL_SECONDS"])
-    with app.test_request_context():
-        g.pushing = True
+    with jobs.neutral_context(app):
         while True:
             try:
                 sweep(backoff, time.monotonic())
@@ -87,7 +89,6 @@ def run(app):
             gevent.sleep(TICK_SECONDS)
 
 
-def init_app(app):
-    """Start this process's watcher, unless PAYMENT_WATCHER is off."""
-    if app.config["PAYMENT_WATCHER"]:
-        app.extensions["payment_watcher"] = gevent.spawn(run, app)
+def start(app):
+    """Start this process's watcher, unless PAYMENT_WATCHER is off; return its greenlet or None."""
+    return gevent.spawn(run, app) if app.config["PAYMENT_WATCHER"] else None

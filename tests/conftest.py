@@ -53,7 +53,7 @@ def make_app(tmp_path, redis_url):
         settings = {"TESTING": True, "SECRET_KEY": "test-secret",
                     "DATABASE_URL": f"sqlite:///{tmp_path / 'workshop.sqlite3'}",
                     "REDIS_URL": redis_url, "DEMO_TOKENS_PER_SECOND": 0,
-                    "WTF_CSRF_ENABLED": False, "PAYMENT_WATCHER": False,
+                    "WTF_CSRF_ENABLED": False,
                     # Every app counts its own rate limits, though the tests share one Redis.
                     "RATELIMIT_NAMESPACE": secrets.token_hex(6)}
         settings.update(config)

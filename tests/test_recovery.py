@@ -87,6 +87,18 @@ def final_job(server, session, job_id):
     return session.get(f"{server.url}/api/jobs/{job_id}").json()
 
 
+def watched_into_an_outage(server, session, redis_server):
+    """Pay a job, watch it stream, stop Redis; return the job and its viewer once told of the outage."""
+    job = paid_job(server, session)
+    viewer = Viewer(session, server.url + job["streamUrl"])
+    viewer.start()
+    assert wait_until(lambda: len(viewer.seen("job_answer")) > 5)
+    redis_server.terminate()
+    redis_server.wait(10)
+    assert wait_until(lambda: any('data-live="0"' in s for s in viewer.seen("job_live")), timeout=20)
+    return job, viewer
+
+
 def test_a_job_run_on_a_is_watched_from_b_and_recovered_after_kill_9_of_as_worker(
         tmp_path, redis_url, shared_database, app):
     env = {"DATABASE_URL": shared_database, **FAST_RECOVERY}
@@ -187,14 +199,8 @@ def test_redis_stopped_and_started_mid_job_the_job_goes_on_and_viewers_converge(
                         **{**FAST_RECOVERY, "DEMO_TOKENS_PER_SECOND": "25"}).start()
     session = requests.Session()
     try:
-        job = paid_job(server, session)
-        viewer = Viewer(session, server.url + job["streamUrl"])
-        viewer.start()
-        assert wait_until(lambda: len(viewer.seen("job_answer")) > 5)
-        redis_server.terminate()
-        redis_server.wait(10)
         # The viewer is told the live view is reconnecting; the job goes on and checkpoints.
-        assert wait_until(lambda: any('data-live="0"' in s for s in viewer.seen("job_live")), timeout=20)
+        job, viewer = watched_into_an_outage(server, session, redis_server)
         before = stored(shared_database, job["jobId"]).checkpoint_output_tokens
         assert wait_until(lambda: stored(shared_database, job["jobId"]).checkpoint_output_tokens > before)
         page = session.get(f"{server.url}/jobs/{job['jobId']}")
@@ -230,13 +236,7 @@ def test_a_job_that_ends_while_redis_is_down_converges_and_sigterm_still_closes_
     server = LiveServer(tmp_path, redis_url, DATABASE_URL=shared_database, **FAST_RECOVERY).start()
     session = requests.Session()
     try:
-        job = paid_job(server, session)
-        viewer = Viewer(session, server.url + job["streamUrl"])
-        viewer.start()
-        assert wait_until(lambda: len(viewer.seen("job_answer")) > 5)
-        redis_server.terminate()
-        redis_server.wait(10)
-        assert wait_until(lambda: any('data-live="0"' in s for s in viewer.seen("job_live")), timeout=20)
+        job, viewer = watched_into_an_outage(server, session, redis_server)
         # Reads go on while Redis is away (limits count in memory meanwhile).
         assert session.get(f"{server.url}/api/jobs/{job['jobId']}").status_code == 200
         # The job ends during the outage: the viewer gets the final panel, and the notice goes.
