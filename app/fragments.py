@@ -1,8 +1,10 @@
 """Render the HTML fragments that the page, htmx responses and SSE pushes all share."""
 import redis
-from flask import render_template
+from flask import current_app, render_template
+from markupsafe import escape
 
 from . import live, pricing
+from .agent import get_agent
 from .lightning import is_dev_wallet
 
 
@@ -60,12 +62,23 @@ def live_status(job_id, live):
     return render_template("fragments/live_status.html", job_id=job_id, live=live)
 
 
+def _streamed(name, **context):
+    """Render a fragment pushed with every streamed token: its variables and the globals, no more."""
+    # render_template runs every context processor and signal on each call, and Jinja's own
+    # render merges the globals through a ChainMap: at thousands of frames a second both cost
+    # more than the template itself. A shared context skips that merge; the globals go in as-is.
+    env = current_app.jinja_env
+    return str(env.get_template(name).make_module({**env.globals, **context}, shared=True))
+
+
 def ticker(job, *, tokens, output_tokens, msat, thinking=0):
     """Render one ticker frame from absolute figures."""
-    return render_template("fragments/ticker.html", job=job, tokens=tokens,
-                           output_tokens=output_tokens, msat=msat, thinking=thinking)
+    return _streamed("fragments/ticker.html", job=job, tokens=tokens, output_tokens=output_tokens,
+                     msat=msat, thinking=thinking,
+                     agent_approximate=getattr(get_agent(), "approximate_count", False))
 
 
 def answer_chunk(text):
-    """Render a piece of Timmy's answer, escaped, to append to the answer."""
-    return render_template("fragments/answer_chunk.html", text=text)
+    """Return a piece of Timmy's answer, escaped, to append to the answer (in job_card.html)."""
+    # Plain escaped text, no markup of its own: a template here only cost a render per token.
+    return str(escape(text))
