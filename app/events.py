@@ -7,13 +7,11 @@ comment and a heartbeat, exact framing, and a snapshot of the current state on (
 import json
 import logging
 
-import gevent
-import gevent.event
 import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
-from . import bus, fanout, fragments, live
+from . import bus, fanout, fragments, live, publisher, resp
 from .models import Job, db
 
 log = logging.getLogger(__name__)
@@ -37,16 +35,20 @@ class JobEvents(ServerSentEventsBlueprint):
     def redis(self):
         return bus.client()
 
-    def publish_frames(self, job, frames, live_figures=None):
-        """Publish frames to the job's channel, updating its live state in the same transaction.
+    def publish_frames(self, job, frames, live_commands=(), check_stop=False):
+        """Publish frames to the job's channel, after the commands that update its live state.
 
-        Return this job's replies from Redis (the last says whether its visitor asked to stop:
-        a running job learns it from the round trip it makes anyway), or None if Redis is
-        unreachable: the job goes on regardless (the database holds what matters, and viewers
-        get a fresh snapshot once Redis is back).
+        Return this job's replies from Redis (with check_stop, the last says whether its visitor
+        asked to stop: a running job learns it from the round trip it makes anyway), or None if
+        Redis is unreachable: the job goes on regardless (the database holds what matters, and
+        viewers get a fresh snapshot once Redis is back).
         """
+        commands = list(live_commands)
+        commands += [resp.command("PUBLISH", channel(job), json.dumps(frame)) for frame in frames]
+        if check_stop:
+            commands.append(resp.command("EXISTS", _stop_key(job)))
         try:
-            return _publisher().send(job, frames, live_figures)
+            return publisher.send(commands)
         except redis.RedisError as error:
             log.warning("job %s: frames not published, Redis is unreachable (%s)", job.id, error)
             return None
@@ -122,64 +124,6 @@ class JobEvents(ServerSentEventsBlueprint):
         # A stream closed before its first chunk never runs generate's finally.
         response.call_on_close(release)
         return response
-
-
-class Publisher:
-    """Send the frames of all of a process's jobs to Redis together, one round trip per batch.
-
-    Hundreds of jobs each publishing twenty frames a second would otherwise make thousands of
-    round trips a second, each a send and a receive on the hub. Frames that arrive while a batch
-    is on its way go in the next one, so a frame waits at most for one batch ahead of it.
-    """
-
-    def __init__(self, client):
-        self.client, self.waiting, self.greenlet = client, [], None
-
-    def send(self, job, frames, live_figures):
-        """Queue a job's frames for the next batch; return its replies (the last: a stop asked?)."""
-        result = gevent.event.AsyncResult()
-        self.waiting.append((job, frames, live_figures, result))
-        if self.greenlet is None:
-            self.greenlet = gevent.spawn(self._run)
-        return result.get()
-
-    def _run(self):
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting, []
-                try:
-                    replies = self._execute(batch)
-                except Exception as error:  # every publisher of the batch sees the failure
-                    for *_, result in batch:
-                        result.set_exception(error)
-                    continue
-                for (*_, result), mine in zip(batch, replies):
-                    result.set(mine)
-        finally:
-            self.greenlet = None
-
-    def _execute(self, batch):
-        with self.client.pipeline(transaction=True) as pipe:
-            spans = []
-            for job, frames, live_figures, _ in batch:
-                start = len(pipe.command_stack)
-                if live_figures is not None:
-                    live.write(pipe, job, **live_figures)
-                for frame in frames:
-                    pipe.publish(channel(job), json.dumps(frame))
-                pipe.exists(_stop_key(job))
-                spans.append((start, len(pipe.command_stack)))
-            replies = pipe.execute()
-        return [replies[start:end] for start, end in spans]
-
-
-def _publisher():
-    # One per app and per gevent hub (OS thread): a batch is sent by a greenlet of that hub.
-    publishers = current_app.extensions.setdefault("publishers", {})
-    key = id(gevent.get_hub())
-    if key not in publishers:
-        publishers[key] = Publisher(bus.client())
-    return publishers[key]
 
 
 DONE, LOST, RESYNC = object(), object(), object()  # why a viewer's relay of frames ended
@@ -295,18 +239,20 @@ def publish_state(job):
     sse.publish_frames(job, frames)
 
 
-def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None):
+def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None,
+                     expire=True, check_stop=True):
     """Publish a ticker frame (absolute figures) and any new answer text.
 
     Return (the length in bytes of the answer text Redis now holds — `whole` rewrites it all —,
-    whether the visitor asked to stop), or None if Redis is unreachable.
+    whether the visitor asked to stop, or False unless check_stop), or None if Redis is unreachable.
     """
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    replies = sse.publish_frames(job, frames, live_figures={**figures, "text": text, "whole": whole})
+    replies = sse.publish_frames(job, frames, live.commands(job, **figures, text=text, whole=whole, expire=expire),
+                                 check_stop=check_stop)
     if replies is None:
         return None
-    return replies[1 if whole is not None else 0], bool(replies[-1])
+    return replies[1 if whole is not None else 0], check_stop and bool(replies[-1])

@@ -1,7 +1,7 @@
 """The live state of an executing job, kept beside the event bus so any viewer can catch up."""
 from dataclasses import dataclass
 
-from . import bus
+from . import bus, resp
 
 TTL_SECONDS = 24 * 3600  # long after the job has ended; by then the database has the answer
 
@@ -19,20 +19,24 @@ def _keys(job):
     return f"job:{job.channel}:figures", f"job:{job.channel}:text"
 
 
-def write(pipe, job, *, tokens, output_tokens, msat, thinking, text, whole=None):
-    """Queue the new text (or the whole text so far) and the absolute figures on a Redis pipeline.
+def commands(job, *, tokens, output_tokens, msat, thinking, text, whole=None, expire=True):
+    """Return the commands that add the new text (or the whole text so far) and the absolute figures.
 
-    The pipeline's first reply is then the length in bytes of the text Redis holds.
+    The first reply to them is then the length in bytes of the text Redis holds. The keys' expiry
+    is set when `expire` (a job's first frame) or when the text is written whole: APPEND and HSET
+    keep it, so a job's later frames need not send it again.
     """
     figures, text_key = _keys(job)
     if whole is None:
-        pipe.append(text_key, text.encode("utf-8"))
+        out = [resp.command("APPEND", text_key, text.encode("utf-8"))]
     else:
-        pipe.set(text_key, whole.encode("utf-8")).strlen(text_key)
-    pipe.hset(figures, mapping={"tokens": tokens, "output_tokens": output_tokens, "msat": msat,
-                                "thinking": thinking})
-    pipe.expire(figures, TTL_SECONDS)
-    pipe.expire(text_key, TTL_SECONDS)
+        out = [resp.command("SET", text_key, whole.encode("utf-8"), "EX", TTL_SECONDS),
+               resp.command("STRLEN", text_key)]
+    out.append(resp.command("HSET", figures, "tokens", tokens, "output_tokens", output_tokens,
+                            "msat", msat, "thinking", thinking))
+    if expire or whole is not None:
+        out += [resp.command("EXPIRE", figures, TTL_SECONDS), resp.command("EXPIRE", text_key, TTL_SECONDS)]
+    return out
 
 
 def read(job):

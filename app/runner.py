@@ -22,6 +22,9 @@ INTERRUPTED = ("Timmy was interrupted: the Workshop restarted while he worked. Y
 # Frames the ticker may send back to back after a quiet spell. A provider streaming right at
 # TICKER_MAX_FPS jitters around it; without this slack every early delta would wait.
 BURST_FRAMES = 2
+# A Stop is looked for this often (with a frame when one goes out): a visitor's Stop takes effect
+# within it, and a job's frames don't each carry the question.
+STOP_CHECK_SECONDS = 0.2
 
 
 class StopJob(gevent.GreenletExit):
@@ -44,6 +47,8 @@ class Progress:
         self.sent = 0  # characters of text already published
         self.sent_bytes = 0  # the same, as UTF-8: the length Redis should hold
         self.resync = False  # a frame was lost: the next one rewrites the live state whole
+        self.first = True  # the first frame published also sets the live state's expiry
+        self.stop_check_at = 0.0
         self.retry_at = 0.0
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
@@ -75,7 +80,8 @@ class Progress:
     def flush(self):
         """Publish one ticker frame with absolute figures, plus the text not yet sent.
 
-        Return whether the visitor has asked to stop (read in the same Redis round trip).
+        Return whether the visitor has asked to stop (read in the same Redis round trip, when a
+        look is due), or None if Redis is unreachable.
         """
         self.absorb()
         output_tokens = self.meter.tokens
@@ -85,17 +91,27 @@ class Progress:
         new = self.text[start:end]
         published = events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
                                             output_tokens=output_tokens, msat=msat, thinking=self.thinking,
-                                            text=new, start=start,
-                                            whole=self.text[:end] if self.resync else None)
+                                            text=new, start=start, expire=self.first,
+                                            whole=self.text[:end] if self.resync else None,
+                                            check_stop=self.stop_due())
         if published is None:
             # Redis is unreachable: the job goes on, and the text waits for the next frame.
             self.resync, self.retry_at = True, time.monotonic() + PUBLISH_RETRY_SECONDS
             return None
         length, stop = published
+        self.first = False
         self.sent, self.sent_bytes = end, self.sent_bytes + len(new.encode("utf-8"))
         # A Redis restarted in between has lost the earlier text: rewrite it whole next time.
         self.resync = length != self.sent_bytes
         return stop
+
+    def stop_due(self):
+        """Tell whether it is time to look for a Stop again."""
+        now = time.monotonic()
+        if now < self.stop_check_at:
+            return False
+        self.stop_check_at = now + STOP_CHECK_SECONDS
+        return True
 
     def flush_every(self, interval, runner):
         """Flush as soon as something new arrives, at most once per interval on average; pass on a Stop."""
@@ -119,7 +135,7 @@ class Progress:
                 stop = self.flush()
                 if stop is not None:  # published; if not, retried once Redis may be back
                     last, credit = mark, credit - 1
-            if stop is None:
+            if stop is None and self.stop_due():
                 stop = events.stop_requested(self.job)
             if stop:
                 runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
