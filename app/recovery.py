@@ -11,13 +11,14 @@ import logging
 import os
 import secrets
 import socket
+from collections import defaultdict
 from contextlib import contextmanager
 from datetime import timedelta
 
 import gevent
 import gevent.event
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .models import Job, db, utcnow
@@ -52,10 +53,23 @@ def held_by_me():
 
 def renew(job_id, state, **checkpoint):
     """Extend this process's lease on a job (saving any checkpoint with it); tell whether it held."""
-    # Its own connection, not the session: the greenlet working on the job uses the session.
+    return (job_id, state) in renew_all([(job_id, state, checkpoint)])
+
+
+def renew_all(leases):
+    """Extend this process's leases on (job id, state, checkpoint)s together; return the (id, state)s held."""
+    values, rows = lease(), defaultdict(list)
+    for job_id, state, checkpoint in leases:  # one executemany for each set of checkpointed columns
+        rows[tuple(sorted(checkpoint))].append({"job_id": job_id, "job_state": state, **checkpoint})
+    renewal = update(Job).where(Job.id == bindparam("job_id"), Job.state == bindparam("job_state"),
+                                held_by_me()).values(**values)
+    # Its own connection, not the session: the greenlets working on the jobs use the session.
     with db.engine.begin() as connection:
-        return connection.execute(update(Job).where(Job.id == job_id, Job.state == state, held_by_me())
-                                  .values(**lease(), **checkpoint)).rowcount == 1
+        for group in rows.values():
+            connection.execute(renewal, group)
+        # The rows the updates matched stay locked until the commit: this reads what they wrote.
+        held = select(Job.id, Job.state).where(Job.id.in_([job_id for job_id, _, _ in leases]), held_by_me())
+        return {(job_id, state) for job_id, state in connection.execute(held)}
 
 
 def keep(job_id, state, worker, done, checkpoint=dict):
