@@ -91,6 +91,7 @@ class JobEvents(ServerSentEventsBlueprint):
                 # With Redis down, the snapshot comes at once, from the database.
                 frames, sent, final = _snapshot(job_id, live=viewer is not None)
                 yield from frames
+                frames = None  # an idle viewer keeps no copy of the card (with its QR, ~5 KB)
                 while not final:
                     if viewer is None:
                         viewer = join(heartbeat)
@@ -112,6 +113,7 @@ class JobEvents(ServerSentEventsBlueprint):
                     # Back on Redis, a frame missed, or the job ended unseen: start over.
                     frames, sent, final = _snapshot(job_id, live=viewer is not None)
                     yield from frames
+                    frames = None
             finally:
                 if viewer is not None:
                     viewer.close()
@@ -143,15 +145,16 @@ def _snapshot(job_id, live):
         frames.append(Frame(fragments.live_status(job.id, live=live), type="job_live"))
     final, sent = job.is_final, ctx["sent_chars"]
     out = [str(frame) for frame in frames]
-    # Render first, then close the session: a stream must hold no database connection for its
-    # lifetime, or a few viewers would drain the pool, and an idle viewer keeps no rows.
-    db.session.close()
+    # Render first, then end the session: a stream must hold no database connection for its
+    # lifetime, or a few viewers would drain the pool, and an idle viewer keeps no rows (nor a
+    # session object: removed, not just closed).
+    db.session.remove()
     return out, sent, final
 
 
 def _is_final(job_id):
     final = db.session.get(Job, job_id, populate_existing=True).is_final
-    db.session.close()
+    db.session.remove()
     return final
 
 
