@@ -5,6 +5,7 @@ import openai
 
 from . import ProviderError, TextDelta, Thinking, Usage
 from .remote import LOST, UNREADABLE, RemoteAgent, timeout
+from .transport import Urllib3Transport
 
 OFFICIAL_HOST = "api.openai.com"
 # Where compatible servers put hidden reasoning: OpenRouter, Ollama and newer vLLM use
@@ -23,8 +24,10 @@ class OpenAIAgent(RemoteAgent):
         # OpenAI's models count in o200k_base; a model on another server has its own tokenizer.
         self.approximate_count = not self.official
         self.label = f"Timmy on {self.model} ({'OpenAI' if self.official else host})"
+        # Over urllib3: httpx2's own transport cost more CPU a chunk than all the rest (transport.py).
         self.client = openai.OpenAI(base_url=base_url, api_key=self.api_key(config, self.official),
-                                    max_retries=0, timeout=timeout(openai, self.stall_seconds))
+                                    max_retries=0, timeout=timeout(openai, self.stall_seconds),
+                                    http_client=openai.DefaultHttpxClient(transport=Urllib3Transport()))
 
     def events(self, model, system, user, max_tokens):
         """Yield TextDelta, Thinking and Usage from one streamed chat completion."""
