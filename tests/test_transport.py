@@ -1,4 +1,4 @@
-"""The urllib3 transport under both SDKs: failures, connections, TLS."""
+"""The urllib3 transport under both SDKs, and the SSE parser the OpenAI agent reads with."""
 import gzip
 import shutil
 import socket
@@ -7,14 +7,18 @@ import subprocess
 import threading
 
 import httpx2
+import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from app.agent import TextDelta, remote
+from app.agent import ProviderError, TextDelta, remote
+from app.agent.sse import data_events
 from app.agent.transport import Urllib3Transport
 
 from providers import Hangup, ProviderServer, Reply, Send, Sleep
-from test_providers import Provider, drain, text_of
-from wire import openai_error_body
+from test_providers import Provider, drain, text_of, usage_of
+from wire import data, openai_error_body, openai_frames
 
 TIMEOUT = httpx2.Timeout(connect=5, read=5, write=5, pool=5)
 
@@ -52,6 +56,140 @@ def until(condition, seconds=5):
             return True
         done.wait(0.01)
     return condition()
+
+
+def events(*reads):
+    return list(data_events(iter(reads)))
+
+
+# The SSE parser
+
+
+def test_one_event_per_read_is_its_data():
+    assert events(b"data: {\"a\": 1}\n\n", b"data: [DONE]\n\n") == [b'{"a": 1}', b"[DONE]"]
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_every_line_ending_is_a_line_ending(end):
+    stream = b"data: one" + end + end + b"data: two" + end + b"data: three" + end + end
+    assert events(stream) == [b"one", b"two\nthree"]
+
+
+def test_a_crlf_cut_between_two_reads_is_one_line_ending():
+    # Were the CR and the LF read as two endings, "a" would end an event of its own.
+    assert events(b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n") == [b"a\nb"]
+
+
+def test_a_blank_line_cut_between_two_reads_ends_the_event():
+    assert events(b"data: a\n", b"\ndata: b\r\n", b"\r\n") == [b"a", b"b"]
+    assert events(b"data: a\r", b"\r", b"data: b\r", b"\r") == [b"a", b"b"]
+
+
+def test_an_event_cut_anywhere_arrives_whole():
+    stream = 'data: {"text": "🛠️ and 👩‍🔧"}\n\n'.encode()
+    for cut in range(1, len(stream)):
+        assert events(stream[:cut], stream[cut:]) == ['{"text": "🛠️ and 👩‍🔧"}'.encode()]
+
+
+def test_data_lines_join_with_lf_and_lose_one_leading_space():
+    assert events(b"data: a\ndata:b\ndata:  c\ndata\ndata:\n\n") == [b"a\nb\n c\n\n"]
+
+
+def test_comments_other_fields_and_runs_of_blank_lines_carry_nothing():
+    stream = (b": OPENROUTER PROCESSING\n\n\n\nevent: completion\nid: 7\nretry: 100\n: note\n"
+              b"data: x\nsomething: else\n\n:keep-alive\n\n")
+    assert events(stream) == [b"x"]
+
+
+def test_an_event_without_data_or_unfinished_at_the_end_is_no_event():
+    assert events(b"event: ping\n\n", b"id: 3\n\n", b"data: cut off\n") == []
+    assert events(b"") == [] and events() == []
+
+
+def test_a_large_event_in_many_reads():
+    payload = b"x" * 300_000
+    stream = b"data: " + payload + b"\n\n"
+    reads = [stream[i:i + 1000] for i in range(0, len(stream), 1000)]
+    assert events(*reads) == [payload]
+
+
+line_ends = st.sampled_from(["\n", "\r\n", "\r"])
+values = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12)
+values = st.one_of(values, values.map(lambda value: " " + value))  # with and without the usual space
+
+
+@st.composite
+def streams(draw):
+    """Return (the bytes of an event stream, the data of its events)."""
+    text, expected = "", []
+    for _ in range(draw(st.integers(0, 5))):
+        lines = []
+        for value in draw(st.lists(values, min_size=1, max_size=3)):
+            if draw(st.booleans()):
+                text += ":" + draw(values) + draw(line_ends)
+            text += "data:" + value + draw(line_ends)
+            lines.append(value[1:] if value.startswith(" ") else value)
+        blank = draw(line_ends)
+        text += "\r" if text.endswith("\r") and blank == "\n" else blank  # a CR then LF is one ending
+        expected.append("\n".join(lines).encode())
+    return text.encode(), expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.lists(st.integers(0, 400), max_size=8))
+def test_any_cut_of_a_stream_gives_its_events(stream, cuts):
+    raw, expected = stream
+    points = sorted({cut % (len(raw) + 1) for cut in cuts})
+    reads = [raw[a:b] for a, b in zip([0] + points, points + [len(raw)])]
+    assert events(*reads) == expected
+
+
+# The OpenAI agent reading through the parser
+
+
+def cut_frames(frames, end=b"\n"):
+    """Return the frames with their line endings changed, each cut in two HTTP chunks mid-ending."""
+    steps = []
+    for frame in frames:
+        raw = frame.data.replace(b"\n", end)
+        cut = raw.index(end) + 1  # inside a CRLF, or just after a lone CR or LF
+        steps += [Send(raw[:cut]), Send(raw[cut:])]
+    return steps
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r", b"\n"])
+def test_openai_stream_with_any_line_ending_cut_between_reads(server, end):
+    server.queue(Reply(cut_frames(openai_frames(["Hello", ", world"], completion_tokens=7), end)))
+    items, error = drain(Provider("openai", server).agent().stream("hi"))
+    assert error is None and text_of(items) == "Hello, world"
+    assert usage_of(items).output_tokens == 7
+
+
+def test_openai_comments_between_chunks_are_ignored(server):
+    frames = openai_frames(["one", " two"])
+    comment = Send(b": OPENROUTER PROCESSING\n\n")
+    server.queue(Reply([comment] + frames[:2] + [comment, comment] + frames[2:]))
+    items, error = drain(Provider("openai", server).agent().stream("hi"))
+    assert error is None and text_of(items) == "one two"
+
+
+@pytest.mark.parametrize("kind, message", [("server_error", remote.PROVIDER_FAILED),
+                                           ("rate_limit_error", remote.RATE_LIMITED),
+                                           ("invalid_request_error", remote.REPORTED)])
+def test_openai_error_event_mid_stream_is_reported(server, kind, message):
+    frames = openai_frames(["First", " second"])
+    server.queue(Reply(frames[:2] + [data(openai_error_body("Something broke.", kind))] + frames[2:]))
+    items, error = drain(Provider("openai", server).agent().stream("hi"))
+    assert text_of(items) == "First"
+    assert isinstance(error, ProviderError) and str(error) == message
+    assert raised_from(error, openai.APIError)  # the SDK's own error, as its stream raised it
+
+
+def test_openai_data_that_is_not_json_is_unreadable(server):
+    frames = openai_frames(["First"])
+    server.queue(Reply(frames[:2] + [Send(b"data: <html>502 Bad Gateway</html>\n\n")]))
+    items, error = drain(Provider("openai", server).agent().stream("hi"))
+    assert text_of(items) == "First" and str(error) == remote.UNREADABLE
 
 
 # Failures through each SDK, as the visitor reads them
@@ -240,6 +378,6 @@ def test_a_trusted_certificate_streams_and_reuses_its_connection(tls_server, cer
     transport = Urllib3Transport(ssl_context=ssl.create_default_context(cafile=str(certificate[0])))
     with httpx2.Client(transport=transport, timeout=TIMEOUT) as client:
         with client.stream("POST", tls_server.url + "/v1/chat/completions", json={}) as response:
-            assert b"".join(response.iter_bytes()) == b"data: 1\n\ndata: 2\n\n"
+            assert list(data_events(response.iter_bytes())) == [b"1", b"2"]
         assert client.post(tls_server.url + "/", json={}).json() == {"ok": True}
     assert tls_server.connections == 1

@@ -3,10 +3,11 @@
 Why it exists: streaming an answer costs a network read per chunk, and through the SDKs' default
 transport (httpx2 over httpcore2 and h11, pure Python) reading a provider's stream cost 155-175 us
 of CPU per chunk under gevent with 200 streams at 20 chunks a second each: two thirds of a core
-for reading alone. urllib3 reads through http.client's C-buffered file: over this transport the
-same streams cost 105-130 us a chunk through the OpenAI SDK's own stream and its SSE decoder,
-against 75-92 us for urllib3 with a hand-written split and the same read timeout. Both SDKs take
-it as `http_client=DefaultHttpxClient(transport=...)`, their httpx2.Client with their defaults.
+for reading alone. urllib3 reads through http.client's C-buffered file. Over this transport the
+same streams cost 105-130 us a chunk through the OpenAI SDK's own stream, and 90-97 us with the
+OpenAI agent's own SSE parser (sse.py), close to the 75-92 us of urllib3 with a hand-written split
+and the same read timeout. Both SDKs take it as `http_client=DefaultHttpxClient(transport=...)`,
+their httpx2.Client with their own defaults.
 
 What it keeps of the default transport: method, URL, headers and body as httpx2 built them;
 the per-request timeouts the SDKs put in `request.extensions["timeout"]` (a read timeout is a
