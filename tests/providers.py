@@ -57,6 +57,9 @@ class ProviderServer(ThreadingHTTPServer):
         self.disconnected = threading.Event()  # a write failed: the client went away mid-reply
         self.finished = threading.Event()      # a streamed reply was written to its end
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = 0       # connections accepted so far
+        self.open_connections = 0  # connections not yet closed by either side
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
@@ -64,6 +67,16 @@ class ProviderServer(ThreadingHTTPServer):
         # A client that hangs up mid-reply is a case under test, not a fault of this server.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        with self.lock:
+            self.connections += 1
+            self.open_connections += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.open_connections -= 1
 
     def queue(self, *replies):
         self.replies.extend(replies)

@@ -5,6 +5,7 @@ import anthropic
 
 from . import ProviderError, TextDelta, Thinking, Usage
 from .remote import LOST, RemoteAgent, timeout
+from .transport import Urllib3Transport
 
 OFFICIAL_HOST = "api.anthropic.com"
 # Anthropic's usage fields and ours. Every count is cumulative, so a later report replaces an earlier one.
@@ -24,8 +25,11 @@ class AnthropicAgent(RemoteAgent):
         base_url = config["PROVIDER_BASE_URL"]
         official = urlsplit(base_url).hostname == OFFICIAL_HOST
         self.label = f"Timmy on {self.model} (Anthropic)"
-        self.client = anthropic.Anthropic(base_url=base_url, api_key=self.api_key(config, official),
-                                          max_retries=0, timeout=timeout(anthropic, self.stall_seconds))
+        # The SDK parses the events; urllib3 reads them, for less CPU a chunk (transport.py).
+        self.client = anthropic.Anthropic(
+            base_url=base_url, api_key=self.api_key(config, official), max_retries=0,
+            timeout=timeout(anthropic, self.stall_seconds),
+            http_client=anthropic.DefaultHttpxClient(transport=Urllib3Transport()))
 
     def events(self, model, system, user, max_tokens):
         """Yield TextDelta, Thinking and Usage from one streamed message."""
