@@ -1,28 +1,23 @@
 """Leases on running jobs, and the sweep that ends honestly the jobs whose process died.
 
 A process that starts evaluating or executing a job leases it (lease_owner, lease_expires_at)
-and renews the lease while it works, all its jobs' leases together in one transaction an interval;
-an executing job's renewal also checkpoints its answer so far. Any process can tell a busy job
-from an orphaned one by the lease alone: only a lease left to lapse (its process was killed, or
-lost the database for longer than a lease) is swept. An orphaned evaluation is evaluated again
-(its fee is paid and nothing was quoted yet); an orphaned execution fails, charged for the answer
-as last checkpointed, the rest owed back as a refund.
+and renews the lease while it works; an executing job's renewal also checkpoints its answer so
+far. Any process can tell a busy job from an orphaned one by the lease alone: only a lease left
+to lapse (its process was killed, or lost the database for longer than a lease) is swept. An
+orphaned evaluation is evaluated again (its fee is paid and nothing was quoted yet); an orphaned
+execution fails, charged for the answer as last checkpointed, the rest owed back as a refund.
 """
 import logging
 import os
 import secrets
 import socket
-from collections import defaultdict
-from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 
 import gevent
 import gevent.event
-import gevent.lock
 from flask import current_app
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .models import Job, db, utcnow
@@ -57,108 +52,43 @@ def held_by_me():
 
 def renew(job_id, state, **checkpoint):
     """Extend this process's lease on a job (saving any checkpoint with it); tell whether it held."""
-    return (job_id, state) in renew_all([(job_id, state, checkpoint)])
-
-
-def renew_all(leases):
-    """Extend this process's leases on (job id, state, checkpoint)s together; return the (id, state)s held."""
-    values, rows = lease(), defaultdict(list)
-    for job_id, state, checkpoint in leases:  # one executemany for each set of checkpointed columns
-        rows[tuple(sorted(checkpoint))].append({"job_id": job_id, "job_state": state, **checkpoint})
-    renewal = update(Job).where(Job.id == bindparam("job_id"), Job.state == bindparam("job_state"),
-                                held_by_me()).values(**values)
-    # Its own connection, not the session: the greenlets working on the jobs use the session.
+    # Its own connection, not the session: the greenlet working on the job uses the session.
     with db.engine.begin() as connection:
-        for group in rows.values():
-            connection.execute(renewal, group)
-        # The rows the updates matched stay locked until the commit: this reads what they wrote.
-        held = select(Job.id, Job.state).where(Job.id.in_([job_id for job_id, _, _ in leases]), held_by_me())
-        return {(job_id, state) for job_id, state in connection.execute(held)}
+        return connection.execute(update(Job).where(Job.id == job_id, Job.state == state, held_by_me())
+                                  .values(**lease(), **checkpoint)).rowcount == 1
 
 
-@dataclass(eq=False)  # by identity: two holds of one job are two holds
-class Hold:
-    """A job this process works on: its state, the greenlet working on it, and what to checkpoint."""
-    job_id: str
-    state: str
-    worker: gevent.Greenlet
-    checkpoint: Callable[[], dict]
-
-
-class Renewer:
-    """Renew the leases of all the jobs held on one gevent hub together, in one transaction an interval.
-
-    A greenlet for each job, renewing its lease in a transaction of its own, cost a worker streaming
-    a few hundred jobs a tenth of its CPU.
-    """
-
-    def __init__(self, app):
-        self.app, self.holds, self.greenlet = app, set(), None
-        self.renewing = gevent.lock.Semaphore()  # held through a renewal and the kills it makes
-
-    def add(self, hold):
-        """Renew the hold's lease from the next interval on."""
-        self.holds.add(hold)
-        if self.greenlet is None:
-            self.greenlet = gevent.spawn(self._run)
-
-    def remove(self, hold):
-        """Renew the hold's lease no more, once a renewal under way has finished."""
-        self.holds.discard(hold)
-        with self.renewing:  # a lease lost in that renewal is LeaseLost here, in the holder
-            pass
-
-    def _run(self):
-        config = self.app.config
+def keep(job_id, state, worker, done, checkpoint=dict):
+    """Renew the lease every checkpoint interval until done is set; stop worker if it was lost."""
+    interval = min(current_app.config["JOB_CHECKPOINT_SECONDS"], current_app.config["JOB_LEASE_SECONDS"] / 3)
+    while not done.wait(interval):
         try:
-            while self.holds:
-                gevent.sleep(min(config["JOB_CHECKPOINT_SECONDS"], config["JOB_LEASE_SECONDS"] / 3))
-                with self.renewing, self.app.app_context():
-                    self._renew(list(self.holds))
-        finally:
-            self.greenlet = None
-
-    def _renew(self, holds):
-        if not holds:
-            return
-        try:
-            held = renew_all([(hold.job_id, hold.state, _checkpoint(hold)) for hold in holds])
+            held = renew(job_id, state, **checkpoint())
         except SQLAlchemyError:
-            log.warning("could not renew the leases of %d job(s); retrying", len(holds), exc_info=True)
+            log.warning("job %s: could not renew its lease; retrying", job_id, exc_info=True)
+            continue
+        if not held:
+            log.warning("job %s was taken over by another process; leaving it", job_id)
+            worker.kill(LeaseLost, block=False)
             return
-        for hold in holds:
-            if (hold.job_id, hold.state) not in held:
-                log.warning("job %s was taken over by another process; leaving it", hold.job_id)
-                self.holds.discard(hold)
-                hold.worker.kill(LeaseLost, block=False)
-
-
-def _checkpoint(hold):
-    try:
-        return hold.checkpoint()
-    except Exception:  # one job's failing checkpoint must not cost every job its lease
-        log.exception("job %s: could not checkpoint it; renewing its lease without", hold.job_id)
-        return {}
-
-
-def _renewer():
-    # One per app and per gevent hub (OS thread): its greenlet kills workers of that hub.
-    renewers = current_app.extensions.setdefault("lease_renewers", {})
-    key = id(gevent.get_hub())
-    if key not in renewers:
-        renewers[key] = Renewer(current_app._get_current_object())
-    return renewers[key]
 
 
 @contextmanager
 def holding(job_id, state, checkpoint=dict):
     """Keep this process's lease on the job (and checkpoint it) while the body runs."""
-    hold, renewer = Hold(job_id, state, gevent.getcurrent(), checkpoint), _renewer()
-    renewer.add(hold)
+    app, worker = current_app._get_current_object(), gevent.getcurrent()
+    done = gevent.event.Event()
+
+    def run():
+        with app.app_context():
+            keep(job_id, state, worker, done, checkpoint)
+
+    keeper = gevent.spawn(run)
     try:
         yield
     finally:
-        renewer.remove(hold)  # a renewal under way finishes; none starts after the work has ended
+        done.set()
+        keeper.join()  # a renewal under way finishes; none starts after the work has ended
 
 
 def released():
