@@ -17,22 +17,10 @@ from app.agent.sse import data_events
 from app.agent.transport import Urllib3Transport
 
 from providers import Hangup, ProviderServer, Reply, Send, Sleep
-from test_providers import Provider, drain, text_of, usage_of
+from test_providers import Provider, drain, provider, server, text_of, usage_of  # noqa: F401 (fixtures)
 from wire import data, openai_error_body, openai_frames
 
 TIMEOUT = httpx2.Timeout(connect=5, read=5, write=5, pool=5)
-
-
-@pytest.fixture
-def server():
-    server = ProviderServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["anthropic", "openai"])
-def provider(request, server):
-    return Provider(request.param, server)
 
 
 def chain(exc):
