@@ -35,23 +35,9 @@ class JobEvents(ServerSentEventsBlueprint):
     def redis(self):
         return bus.client()
 
-    def publish_frames(self, job, frames, live_commands=(), check_stop=False):
-        """Publish frames to the job's channel, after the commands that update its live state.
-
-        Return this job's replies from Redis (with check_stop, the last says whether its visitor
-        asked to stop: a running job learns it from the round trip it makes anyway), or None if
-        Redis is unreachable: the job goes on regardless (the database holds what matters, and
-        viewers get a fresh snapshot once Redis is back).
-        """
-        commands = list(live_commands)
-        commands += [resp.command("PUBLISH", channel(job), json.dumps(frame)) for frame in frames]
-        if check_stop:
-            commands.append(resp.command("EXISTS", _stop_key(job)))
-        try:
-            return publisher.send(commands)
-        except redis.RedisError as error:
-            log.warning("job %s: frames not published, Redis is unreachable (%s)", job.id, error)
-            return None
+    def publish_frames(self, job, frames):
+        """Publish frames to the job's channel (False if Redis is unreachable; the job goes on)."""
+        return send(job, frame_commands(job, frames)) is not None
 
     def stream_job(self, job, on_close=lambda: None):
         """Stream a job's events to its owner: a comment at once, the current state, then live frames.
@@ -234,6 +220,30 @@ def channel(job):
     return f"job:{job.channel}"
 
 
+def stop_command(job):
+    """Return the command whose reply says whether the job's visitor asked to stop it."""
+    return resp.command("EXISTS", _stop_key(job))
+
+
+def frame_commands(job, frames):
+    """Return the commands that publish frames to the job's channel, in flask-sse's format."""
+    name = channel(job)
+    return [resp.command("PUBLISH", name, json.dumps(frame)) for frame in frames]
+
+
+def send(job, commands):
+    """Send commands with the process's next batch; return their replies, or None if Redis is unreachable.
+
+    The database holds what matters: a job goes on without Redis, and its viewers get a fresh
+    snapshot once Redis is back.
+    """
+    try:
+        return publisher.send(commands)
+    except redis.RedisError as error:
+        log.warning("job %s: frames not published, Redis is unreachable (%s)", job.id, error)
+        return None
+
+
 def publish_state(job):
     """Publish the job card; on a final state also the final panel, which ends the viewers' streams."""
     frames = [{"type": "job_state", "data": fragments.card(job)}]
@@ -242,20 +252,28 @@ def publish_state(job):
     sse.publish_frames(job, frames)
 
 
-def publish_progress(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None,
-                     expire=True, check_stop=True):
-    """Publish a ticker frame (absolute figures) and any new answer text.
-
-    Return (the length in bytes of the answer text Redis now holds — `whole` rewrites it all —,
-    whether the visitor asked to stop, or False unless check_stop), or None if Redis is unreachable.
-    """
+def progress_commands(job, *, tokens, output_tokens, msat, text, start, thinking=False, whole=None,
+                      expire=True):
+    """Return the commands that publish a ticker frame (absolute figures) and any new answer text,
+    after those that update the live state; and the index of the reply that is the length in bytes
+    of the answer text Redis then holds (`whole` rewrites it all)."""
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
     frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
     if text:
         frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
                        "start": start, "text": text})
-    replies = sse.publish_frames(job, frames, live.commands(job, **figures, text=text, whole=whole, expire=expire),
-                                 check_stop=check_stop)
+    commands = live.commands(job, **figures, text=text, whole=whole, expire=expire)
+    return commands + frame_commands(job, frames), (1 if whole is not None else 0)
+
+
+def publish_progress(job, *, check_stop=True, **frame):
+    """Publish a ticker frame and any new answer text (see progress_commands) now.
+
+    Return (the length in bytes of the answer text Redis now holds, whether the visitor asked to
+    stop, or False unless check_stop), or None if Redis is unreachable.
+    """
+    commands, length_at = progress_commands(job, **frame)
+    replies = send(job, commands + [stop_command(job)] if check_stop else commands)
     if replies is None:
         return None
-    return replies[1 if whole is not None else 0], check_stop and bool(replies[-1])
+    return replies[length_at], check_stop and bool(replies[-1])

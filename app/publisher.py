@@ -27,10 +27,13 @@ class Publisher:
         self.url, self.name = url, f"{CLIENT_NAME}-{os.getpid()}"
         self.conn, self.waiting, self.greenlet = None, [], None
 
-    def send(self, commands):
-        """Queue packed commands for the next batch; return their replies once Redis has answered."""
+    def send(self, commands, raise_replies=True):
+        """Queue packed commands for the next batch; return their replies once Redis has answered.
+
+        An error reply is raised, or with raise_replies=False returned in its place.
+        """
         result = gevent.event.AsyncResult()
-        self.waiting.append((commands, result))
+        self.waiting.append((commands, result, raise_replies))
         if self.greenlet is None:
             self.greenlet = gevent.spawn(self._run)
         return result.get()
@@ -40,16 +43,16 @@ class Publisher:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
                 try:
-                    replies = self._execute([c for commands, _ in batch for c in commands])
+                    replies = self._execute([c for commands, _, _ in batch for c in commands])
                 except redis.RedisError as error:  # every sender of the batch sees the failure
-                    for _, result in batch:
+                    for _, result, _ in batch:
                         result.set_exception(error)
                     continue
                 at = 0
-                for commands, result in batch:
+                for commands, result, raise_replies in batch:
                     mine, at = replies[at:at + len(commands)], at + len(commands)
-                    failed = next((r for r in mine if isinstance(r, resp.ReplyError)), None)
-                    if failed is None:
+                    failed = raise_replies and next((r for r in mine if isinstance(r, resp.ReplyError)), None)
+                    if not failed:
                         result.set(mine)
                     else:
                         result.set_exception(failed)
@@ -73,7 +76,7 @@ class Publisher:
             self.conn = None
 
 
-def send(commands):
+def send(commands, raise_replies=True):
     """Send packed commands with the next batch of this process's frames; return their replies."""
     # One publisher per process, app and gevent hub (OS thread): a batch is sent by a greenlet of
     # that hub, and a forked worker must not share its parent's connection.
@@ -81,4 +84,4 @@ def send(commands):
     key = (os.getpid(), id(gevent.get_hub()))
     if key not in publishers:
         publishers[key] = Publisher(current_app.config["REDIS_URL"])
-    return publishers[key].send(commands)
+    return publishers[key].send(commands, raise_replies)

@@ -1,34 +1,19 @@
 """Run a paid job: provider delta -> meter -> pricing -> fragment -> publish, then settle the bill."""
 import logging
-import time
 
 import gevent
-import gevent.event
-from flask import copy_current_request_context, current_app
 
-from . import events, pricing, recovery, refunds
+from . import events, pricing, recovery, refunds, ticker
 from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
 from .models import CostLedger, Job, db
+from .ticker import BURST_FRAMES, StopJob
 
 log = logging.getLogger(__name__)
 active = {}  # job id -> the greenlet executing it in this process
-PUBLISH_RETRY_SECONDS = 1  # while Redis is unreachable, try a frame this often, not every tick
 INTERRUPTED = ("Timmy was interrupted: the Workshop restarted while he worked. You are charged only "
                "for the answer so far; the rest of what you paid is owed back to you.")
-
-
-# Frames the ticker may send back to back after a quiet spell. A provider streaming right at
-# TICKER_MAX_FPS jitters around it; without this slack every early delta would wait.
-BURST_FRAMES = 2
-# A Stop is looked for this often (with a frame when one goes out): a visitor's Stop takes effect
-# within it, and a job's frames don't each carry the question.
-STOP_CHECK_SECONDS = 0.2
-
-
-class StopJob(gevent.GreenletExit):
-    """The visitor pressed Stop. A BaseException, so no provider code mistakes it for an error."""
 
 
 class Interrupted(gevent.GreenletExit):
@@ -42,24 +27,25 @@ class Progress:
         self.job = job
         self.input_tokens = input_tokens
         self.meter = Meter(encoding)
-        self.text = ""  # what has been counted; deltas wait in pending until the next look
+        self.text = ""  # what has been counted; deltas wait in pending until the next frame
         self.pending = []
         self.sent = 0  # characters of text already published
         self.sent_bytes = 0  # the same, as UTF-8: the length Redis should hold
         self.resync = False  # a frame was lost: the next one rewrites the live state whole
         self.first = True  # the first frame published also sets the live state's expiry
-        self.stop_check_at = 0.0
-        self.retry_at = 0.0
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
-        self.changed = gevent.event.Event()  # something arrived since the ticker last looked
-        self.done = False
+        self.shown = None  # what the last frame showed: text length, tokens, thinking
+        self.unsent = None  # the end of the text and its UTF-8 length, once a frame is built
+        self.ticker = None  # the process's ticker, while it ticks this job
+        self.credit, self.credit_at = 0.0, 0.0  # the ticker's frame credits (see has_credit)
 
     def add(self, delta):
-        # Deltas are counted when the ticker looks, not one by one as they arrive: one meter
+        # Deltas are counted when a frame is built, not one by one as they arrive: one meter
         # call per frame instead of one per delta keeps counting near the cost of one encode.
         self.pending.append(delta)
-        self.changed.set()
+        if self.ticker is not None:
+            self.ticker.mark(self)
 
     def absorb(self):
         """Count the deltas that arrived since the last look."""
@@ -69,82 +55,61 @@ class Progress:
             self.text += self.meter.feed(text)
 
     def think(self, thinking):
-        self.thinking = thinking
-        self.changed.set()
+        if thinking != self.thinking:
+            self.thinking = thinking
+            if self.ticker is not None:
+                self.ticker.mark(self)
 
-    def end(self):
-        """Tell the ticker that the stream is over (the caller sends the last frame)."""
-        self.done = True
-        self.changed.set()
-
-    def flush(self):
-        """Publish one ticker frame with absolute figures, plus the text not yet sent.
-
-        Return whether the visitor has asked to stop (read in the same Redis round trip, when a
-        look is due), or None if Redis is unreachable.
-        """
+    def frame(self, always=False):
+        """Return a ticker frame's commands (absolute figures, plus the text not yet sent) and the
+        index of the reply that gives the text's length in Redis; None if nothing shown changed."""
         self.absorb()
         output_tokens = self.meter.tokens
+        shown = (len(self.text), output_tokens, self.thinking)
+        if shown == self.shown and not always:
+            return None
         msat = pricing.charge_msat(self.tariff, self.job.model, self.input_tokens, output_tokens,
                                    self.job.btc_usd)
         start, end = self.sent, len(self.text)
         new = self.text[start:end]
-        published = events.publish_progress(self.job, tokens=self.input_tokens + output_tokens,
-                                            output_tokens=output_tokens, msat=msat, thinking=self.thinking,
-                                            text=new, start=start, expire=self.first,
-                                            whole=self.text[:end] if self.resync else None,
-                                            check_stop=self.stop_due())
-        if published is None:
-            # Redis is unreachable: the job goes on, and the text waits for the next frame.
-            self.resync, self.retry_at = True, time.monotonic() + PUBLISH_RETRY_SECONDS
-            return None
-        length, stop = published
+        self.unsent = (shown, end, self.sent_bytes + len(new.encode("utf-8")))
+        return events.progress_commands(
+            self.job, tokens=self.input_tokens + output_tokens, output_tokens=output_tokens, msat=msat,
+            thinking=self.thinking, text=new, start=start, expire=self.first,
+            whole=self.text[:end] if self.resync else None)
+
+    def published(self, length):
+        """Note that the frame built last reached Redis, which now holds length bytes of text."""
+        self.shown, self.sent, self.sent_bytes = self.unsent
         self.first = False
-        self.sent, self.sent_bytes = end, self.sent_bytes + len(new.encode("utf-8"))
         # A Redis restarted in between has lost the earlier text: rewrite it whole next time.
         self.resync = length != self.sent_bytes
-        return stop
 
-    def stop_due(self):
-        """Tell whether it is time to look for a Stop again."""
-        now = time.monotonic()
-        if now < self.stop_check_at:
-            return False
-        self.stop_check_at = now + STOP_CHECK_SECONDS
-        return True
+    def unpublished(self):
+        """Note that the frame built last was lost: the next one rewrites the live state whole."""
+        self.resync = True
 
-    def flush_every(self, interval, runner):
-        """Flush as soon as something new arrives, at most once per interval on average; pass on a Stop."""
+    def flush(self):
+        """Publish a ticker frame now, outside the ticker (the first and the last of a job)."""
+        commands, length_at = self.frame(always=True)
+        replies = events.send(self.job, commands)
+        if replies is None:
+            self.unpublished()  # Redis is unreachable: viewers catch up from a snapshot later
+        else:
+            self.published(replies[length_at])
+
+    def has_credit(self, now, interval):
+        """Tell whether a frame may go now: at most one per interval on average, after a burst."""
         # A bucket of frame credits, refilled one per interval: a delta arriving with a credit
         # left is published at once, so a viewer sees it within milliseconds; deltas arriving
         # faster than the limit wait for the next credit and go out together in one frame.
-        last, credit, at = None, float(BURST_FRAMES), time.monotonic()
-        while True:
-            self.changed.wait(interval)  # idle: wake anyway to look for a Stop
-            credit, at = self._refill(credit, at, interval)
-            if credit < 1 and not self.done:
-                gevent.sleep((1 - credit) * interval)
-                credit, at = self._refill(credit, at, interval)
-            self.changed.clear()
-            if self.done:
-                return
-            self.absorb()
-            mark = (len(self.text), self.meter.tokens, self.thinking)
-            stop = None
-            if mark != last and time.monotonic() >= self.retry_at:
-                stop = self.flush()
-                if stop is not None:  # published; if not, retried once Redis may be back
-                    last, credit = mark, credit - 1
-            if stop is None and self.stop_due():
-                stop = events.stop_requested(self.job)
-            if stop:
-                runner.kill(StopJob, block=False)  # raised where the runner waits on the provider
-                return
+        self.credit = min(BURST_FRAMES, self.credit + (now - self.credit_at) / interval)
+        self.credit_at = now
+        return self.credit >= 1
 
-    @staticmethod
-    def _refill(credit, at, interval):
-        now = time.monotonic()
-        return min(BURST_FRAMES, credit + (now - at) / interval), now
+    def credit_wait(self, interval):
+        """Return how long until the next frame credit."""
+        return (1 - self.credit) * interval
 
 
 def execute(job_id):
@@ -170,9 +135,7 @@ def execute(job_id):
 def _stream(job, agent, progress):
     """Stream the answer into progress; return the usage to bill, its source, and error and note."""
     progress.flush()  # the ticker starts at the input tokens at once
-    # The ticker runs in its own greenlet, which starts with no context of its own.
-    ticker = gevent.spawn(copy_current_request_context(progress.flush_every),
-                          1 / current_app.config["TICKER_MAX_FPS"], gevent.getcurrent())
+    ticker.ticker().join(progress, gevent.getcurrent())
     usage, error, note = None, None, None
     # The visitor paid for the estimate; a little headroom lets an answer finish its sentence.
     cap = int(job.estimated_output_tokens * 1.25) + 16
@@ -197,9 +160,8 @@ def _stream(job, agent, progress):
         error = "Timmy stopped before finishing the answer. You are charged only for what was produced."
     finally:
         active.pop(job.id, None)
-        # Let the ticker finish a frame it has begun rather than kill it inside a Redis call.
-        progress.end()
-        ticker.join()
+        # A frame of this job on its way to Redis is answered first: the last one comes after it.
+        ticker.ticker().leave(progress)
     progress.absorb()
     progress.text += progress.meter.finish()
     progress.thinking = False

@@ -5,7 +5,7 @@ import re
 import gevent
 import pytest
 
-from app import events, live, runner
+from app import events, live, runner, ticker
 from app.agent import TextDelta, Usage
 from app.metering import count_tokens
 from app.models import Job, db
@@ -97,7 +97,7 @@ def test_a_burst_of_deltas_is_coalesced_into_few_frames(make_app, monkeypatch):
     agent = ScriptedAgent([step for _ in range(300) for step in (" word", 0.0)])
     job, frames = run_job(app.test_client(), app, monkeypatch, agent)
     counts = output_tokens(frames)
-    assert len(counts) <= runner.BURST_FRAMES + 3 and counts[-1] == 300 == count_tokens(job["result"])
+    assert len(counts) <= ticker.BURST_FRAMES + 3 and counts[-1] == 300 == count_tokens(job["result"])
 
 
 def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monkeypatch):
@@ -113,7 +113,7 @@ def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monk
             state = live.read(db.session.get(Job, holder["job_id"]))
             seen.append((state.output_tokens, state.text))
 
-    words = [" Hello", " world", " again", " and", " again"][:runner.BURST_FRAMES + 1]
+    words = [" Hello", " world", " again", " and", " again"][:ticker.BURST_FRAMES + 1]
     agent = ScriptedAgent([step for word in words for step in (word, 0.02, look)])
     original = runner.execute
 
@@ -124,8 +124,8 @@ def test_the_first_delta_after_a_quiet_spell_is_published_at_once(make_app, monk
     monkeypatch.setattr(runner, "execute", execute)
     job, frames = run_job(app.test_client(), app, monkeypatch, agent)
     burst = "".join(words[:-1])
-    assert seen == [(n + 1, "".join(words[:n + 1])) for n in range(runner.BURST_FRAMES)] + [
-        (runner.BURST_FRAMES, burst)]
+    assert seen == [(n + 1, "".join(words[:n + 1])) for n in range(ticker.BURST_FRAMES)] + [
+        (ticker.BURST_FRAMES, burst)]
     assert output_tokens(frames)[-1] == len(words) and answer(frames) == "".join(words)
 
 
