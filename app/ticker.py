@@ -86,11 +86,13 @@ class Ticker:
         now = time.monotonic()
         due = []
         for progress, at in tuple(self.changed.items()):
-            if at <= now and progress.has_credit(now, self.interval):
+            if at > now:
+                continue  # waiting for a frame credit (or a retry); not pushed back by others' ticks
+            if progress.has_credit(now, self.interval):
                 del self.changed[progress]
                 due.append(progress)
-            else:  # out of frame credits: it waits for the next
-                self.changed[progress] = max(at, now + progress.credit_wait(self.interval))
+            else:
+                self.changed[progress] = now + progress.credit_wait(self.interval)
         checks = ()
         if now >= self.stop_check_at:
             checks, self.stop_check_at = tuple(self.jobs), now + STOP_CHECK_SECONDS
