@@ -67,7 +67,7 @@ def output_tokens(frames):
 
 
 def answer(frames):
-    return "".join(f["text"] for f in frames if f["type"] == "job_answer")
+    return "".join(f["text"] for f in frames if "text" in f)
 
 
 @pytest.mark.parametrize("script", [
@@ -163,3 +163,51 @@ def test_a_streaming_job_holds_no_database_connection(make_app, monkeypatch):
     agent = ScriptedAgent([" one", look, 0.01, " two", look])
     job, frames = run_job(app.test_client(), app, monkeypatch, agent)
     assert held == [0, 0] and job["state"] == "complete" and job["costLedger"]["outputTokens"] == 2
+
+
+class _Job:
+    id, channel = 1, "c"
+
+
+class _Progress:
+    """A job's side of the ticker, counting the frames the ticker publishes for it."""
+
+    def __init__(self, name):
+        self.name, self.job, self.frames, self.ticker = name, _Job(), 0, None
+
+    def has_credit(self, now, interval):
+        return runner.Progress.has_credit(self, now, interval)
+
+    def credit_wait(self, interval):
+        return runner.Progress.credit_wait(self, interval)
+
+    def frame(self):
+        return [b"PING"], 0
+
+    def published(self, length):
+        self.frames += 1
+
+    def unpublished(self):
+        pass
+
+
+def test_a_job_out_of_frame_credit_gets_its_frame_while_others_keep_ticking(app, monkeypatch):
+    # A job that used up its credits waits for the next one; the ticks of busier jobs, more
+    # often than that wait, must not keep pushing its turn back.
+    from app import publisher
+    monkeypatch.setattr(publisher, "send", lambda commands, raise_replies=True: [
+        0 if b"EXISTS" in command else 1 for command in commands])  # no Stop; every frame lands
+    app.config["TICKER_MAX_FPS"] = 20
+    with app.app_context():
+        clock = ticker.Ticker(app)
+        waiting, busy = _Progress("waiting"), _Progress("busy")
+        for progress in (waiting, busy):
+            clock.join(progress, gevent.getcurrent())
+        waiting.credit = 0.0  # it has just sent its burst
+        clock.mark(waiting)
+        for _ in range(100):  # half a second of another job ticking every 5 ms
+            clock.mark(busy)
+            gevent.sleep(0.005)
+        clock.leave(waiting)
+        clock.leave(busy)
+    assert busy.frames >= 5 and waiting.frames == 1
