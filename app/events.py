@@ -172,27 +172,32 @@ def _render(messages, sent):
         if message is fanout.LOST:
             return "".join(out), sent, LOST
         frame = json.loads(message)
-        if frame["type"] == "job_answer":
+        kind = frame["type"]
+        if kind == "job_answer" or "answer" in frame:
+            if kind != "job_answer":  # a ticker frame carrying new text: the ticker goes first
+                out.append(str(Frame(frame["data"], type=kind)))
             if frame["start"] > sent:
                 return "".join(out), sent, RESYNC  # a frame went missing
-            frame, sent = _unsent_part(frame, sent)
-            if frame is None:
-                continue
-        out.append(str(Frame(frame["data"], type=frame["type"])))
-        if frame["type"] == "job_complete":
+            text, sent = _unsent_part(frame, sent)
+            if text is not None:
+                out.append(str(Frame(text, type="job_answer")))
+            continue
+        out.append(str(Frame(frame["data"], type=kind)))
+        if kind == "job_complete":
             return "".join(out), sent, DONE
     return "".join(out), sent, None
 
 
 def _unsent_part(frame, sent):
-    """Trim an answer frame to the text this viewer has not had yet (its snapshot may overlap it)."""
+    """Return a frame's answer text (escaped) that this viewer has not had yet (its snapshot may
+    overlap it), or None; and the answer characters sent after it."""
     start, text = frame["start"], frame["text"]
     end = start + len(text)
     if end <= sent:
         return None, sent
     if start < sent:
-        frame = {"type": "job_answer", "data": fragments.answer_chunk(text[sent - start:])}
-    return frame, end
+        return fragments.answer_chunk(text[sent - start:]), end
+    return frame.get("answer", frame.get("data")), end
 
 
 sse = JobEvents("events", __name__)
@@ -258,12 +263,13 @@ def progress_commands(job, *, tokens, output_tokens, msat, text, start, thinking
     after those that update the live state; and the index of the reply that is the length in bytes
     of the answer text Redis then holds (`whole` rewrites it all)."""
     figures = {"tokens": tokens, "output_tokens": output_tokens, "msat": msat, "thinking": int(thinking)}
-    frames = [{"type": "job_progress", "data": fragments.ticker(job, **figures)}]
+    frame = {"type": "job_progress", "data": fragments.ticker(job, **figures)}
     if text:
-        frames.append({"type": "job_answer", "data": fragments.answer_chunk(text),
-                       "start": start, "text": text})
+        # The new text rides in the ticker's message: one message a frame for Redis, the fan-out
+        # and each viewer, instead of two. A viewer sends it on as its own job_answer event.
+        frame.update(answer=fragments.answer_chunk(text), start=start, text=text)
     commands = live.commands(job, **figures, text=text, whole=whole, expire=expire)
-    return commands + frame_commands(job, frames), (1 if whole is not None else 0)
+    return commands + frame_commands(job, [frame]), (1 if whole is not None else 0)
 
 
 def publish_progress(job, *, check_stop=True, **frame):
