@@ -84,6 +84,29 @@ class Ticker:
     def _tick(self):
         """Send one batch: a frame for each changed job that may send one, and any Stop checks."""
         now = time.monotonic()
+        due = self._due(now)
+        checks = ()
+        if now >= self.stop_check_at:
+            checks, self.stop_check_at = tuple(self.jobs), now + STOP_CHECK_SECONDS
+        if not due and not checks:
+            return
+        # From the first frame built until the last reply is read, a job that ends waits in
+        # leave(): its last frame must come after this one, and count from what this one sent.
+        self.in_flight = set(due)
+        self.idle.clear()
+        try:
+            stops = self._send(due, checks, now)
+        finally:
+            self.in_flight = ()
+            self.idle.set()
+        for progress in stops:
+            streamer = self.jobs.get(progress)
+            if streamer is not None:
+                self.leave(progress)
+                streamer.kill(StopJob, block=False)  # raised where it waits on the provider
+
+    def _due(self, now):
+        """Return the changed jobs that may send a frame now; the others wait for their credit."""
         due = []
         for progress, at in tuple(self.changed.items()):
             if at > now:
@@ -93,9 +116,10 @@ class Ticker:
                 due.append(progress)
             else:
                 self.changed[progress] = now + progress.credit_wait(self.interval)
-        checks = ()
-        if now >= self.stop_check_at:
-            checks, self.stop_check_at = tuple(self.jobs), now + STOP_CHECK_SECONDS
+        return due
+
+    def _send(self, due, checks, now):
+        """Build and send the frames of due and the Stop checks of checks; return who asked to stop."""
         commands, frames = [], []
         for progress in due:
             try:
@@ -110,30 +134,21 @@ class Ticker:
         checked = len(commands)
         commands += [events.stop_command(progress.job) for progress in checks]
         if not commands:
-            return
-        self.in_flight = {progress for progress, _, _ in frames}
-        self.idle.clear()
+            return ()
         try:
             replies = publisher.send(commands, raise_replies=False)
         except redis.RedisError as error:
             log.warning("ticker frames not published, Redis is unreachable (%s)", error)
             for progress, _, _ in frames:
                 self._retry(progress, now)
-            return
-        finally:
-            self.in_flight = ()
-            self.idle.set()
+            return ()
         for progress, at, (sent, length_at) in frames:
             mine = replies[at:at + len(sent)]
             if any(isinstance(reply, redis.ResponseError) for reply in mine):
                 self._retry(progress, now)
             else:
                 progress.published(mine[length_at])
-        for progress, reply in zip(checks, replies[checked:]):
-            streamer = self.jobs.get(progress)
-            if reply == 1 and streamer is not None:
-                self.leave(progress)
-                streamer.kill(StopJob, block=False)  # raised where it waits on the provider
+        return [progress for progress, reply in zip(checks, replies[checked:]) if reply == 1]
 
     def _retry(self, progress, now):
         progress.unpublished()
