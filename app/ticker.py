@@ -72,7 +72,11 @@ class Ticker:
                 while self.jobs:
                     self.wake.wait(self._timeout())
                     self.wake.clear()
-                    self._tick()
+                    try:
+                        self._tick()
+                    except Exception:  # a fault in one batch must not end every job's ticker
+                        log.exception("ticker: a batch of frames failed")
+                        gevent.sleep(PUBLISH_RETRY_SECONDS)
         finally:
             self.greenlet = None
 

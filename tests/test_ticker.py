@@ -211,3 +211,28 @@ def test_a_job_out_of_frame_credit_gets_its_frame_while_others_keep_ticking(app,
         clock.leave(waiting)
         clock.leave(busy)
     assert busy.frames >= 5 and waiting.frames == 1
+
+
+def test_a_batch_that_fails_unexpectedly_does_not_end_the_ticker(app, monkeypatch):
+    from app import publisher
+    calls = []
+
+    def send(commands, raise_replies=True):
+        calls.append(len(commands))
+        if len(calls) == 1:
+            raise RuntimeError("a fault nobody foresaw")
+        return [0 if b"EXISTS" in command else 1 for command in commands]
+
+    monkeypatch.setattr(publisher, "send", send)
+    monkeypatch.setattr(ticker, "PUBLISH_RETRY_SECONDS", 0.01)
+    with app.app_context():
+        clock = ticker.Ticker(app)
+        job = _Progress("job")
+        clock.join(job, gevent.getcurrent())
+        clock.mark(job)
+        gevent.sleep(0.05)  # the first batch fails
+        for _ in range(5):
+            clock.mark(job)
+            gevent.sleep(0.06)
+        clock.leave(job)
+    assert job.frames >= 3  # the batches after the failed one went out
