@@ -174,13 +174,14 @@ def _render(messages, sent):
         frame = json.loads(message)
         kind = frame["type"]
         if kind == "job_answer" or "answer" in frame:
+            if frame["start"] > sent:
+                return "".join(out), sent, RESYNC  # a frame went missing: the snapshot has it all
+            text, sent = _unsent_part(frame, sent)
+            if text is None:
+                continue  # all in the viewer's snapshot already, and so were its (older) figures
             if kind != "job_answer":  # a ticker frame carrying new text: the ticker goes first
                 out.append(str(Frame(frame["data"], type=kind)))
-            if frame["start"] > sent:
-                return "".join(out), sent, RESYNC  # a frame went missing
-            text, sent = _unsent_part(frame, sent)
-            if text is not None:
-                out.append(str(Frame(text, type="job_answer")))
+            out.append(str(Frame(text, type="job_answer")))
             continue
         out.append(str(Frame(frame["data"], type=kind)))
         if kind == "job_complete":
