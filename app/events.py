@@ -209,14 +209,6 @@ def request_stop(job):
     bus.client().set(_stop_key(job), 1, ex=3600)
 
 
-def stop_requested(job):
-    """Tell whether the visitor asked to stop the job (no one could while Redis is unreachable)."""
-    try:
-        return bool(bus.client().exists(_stop_key(job)))
-    except redis.RedisError:
-        return False
-
-
 def _stop_key(job):
     return f"job:{job.channel}:stop"
 
