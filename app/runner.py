@@ -8,7 +8,7 @@ from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
 from .models import CostLedger, Job, db
-from .ticker import BURST_FRAMES, StopJob
+from .ticker import StopJob
 
 log = logging.getLogger(__name__)
 active = {}  # job id -> the greenlet executing it in this process
@@ -36,9 +36,8 @@ class Progress:
         self.tariff = pricing.tariff()
         self.thinking = False  # hidden reasoning reported while no text has arrived
         self.shown = None  # what the last frame showed: text length, tokens, thinking
-        self.unsent = None  # the end of the text and its UTF-8 length, once a frame is built
+        self.unsent = None  # what the frame built last shows, and the text's end and UTF-8 length
         self.ticker = None  # the process's ticker, while it ticks this job
-        self.credit, self.credit_at = 0.0, 0.0  # the ticker's frame credits (see has_credit)
 
     def add(self, delta):
         # Deltas are counted when a frame is built, not one by one as they arrive: one meter
@@ -98,19 +97,6 @@ class Progress:
         else:
             self.published(replies[length_at])
 
-    def has_credit(self, now, interval):
-        """Tell whether a frame may go now: at most one per interval on average, after a burst."""
-        # A bucket of frame credits, refilled one per interval: a delta arriving with a credit
-        # left is published at once, so a viewer sees it within milliseconds; deltas arriving
-        # faster than the limit wait for the next credit and go out together in one frame.
-        self.credit = min(BURST_FRAMES, self.credit + (now - self.credit_at) / interval)
-        self.credit_at = now
-        return self.credit >= 1
-
-    def credit_wait(self, interval):
-        """Return how long until the next frame credit."""
-        return (1 - self.credit) * interval
-
 
 def execute(job_id):
     """Stream Timmy's answer for a paid job, tick the cost live, then settle and complete it."""
@@ -135,7 +121,8 @@ def execute(job_id):
 def _stream(job, agent, progress):
     """Stream the answer into progress; return the usage to bill, its source, and error and note."""
     progress.flush()  # the ticker starts at the input tokens at once
-    ticker.ticker().join(progress, gevent.getcurrent())
+    clock = ticker.ticker()
+    clock.join(progress, gevent.getcurrent())
     usage, error, note = None, None, None
     # The visitor paid for the estimate; a little headroom lets an answer finish its sentence.
     cap = int(job.estimated_output_tokens * 1.25) + 16
@@ -161,7 +148,7 @@ def _stream(job, agent, progress):
     finally:
         active.pop(job.id, None)
         # A frame of this job on its way to Redis is answered first: the last one comes after it.
-        ticker.ticker().leave(progress)
+        clock.leave(progress)
     progress.absorb()
     progress.text += progress.meter.finish()
     progress.thinking = False

@@ -37,6 +37,11 @@ class Ticker:
         self.app, self.interval = app, 1 / app.config["TICKER_MAX_FPS"]
         self.jobs = {}  # Progress -> the greenlet streaming it, told of a Stop
         self.changed = {}  # Progress -> the time its next frame may go (a dict: ordered, no doubles)
+        # Progress -> [frame credits, when last refilled]: a bucket refilled one credit per
+        # interval, up to BURST_FRAMES. A delta arriving with a credit left is published at once,
+        # so a viewer sees it within milliseconds; deltas arriving faster than the limit wait for
+        # the next credit and go out together in one frame.
+        self.credits = {}
         self.wake = gevent.event.Event()
         self.idle = gevent.event.Event()  # no batch is on its way to Redis
         self.idle.set()
@@ -46,7 +51,7 @@ class Ticker:
 
     def join(self, progress, streamer):
         """Tick progress from now on; tell streamer (raise StopJob in it) if its visitor stops."""
-        progress.credit, progress.credit_at = float(BURST_FRAMES), time.monotonic()
+        self.credits[progress] = [float(BURST_FRAMES), time.monotonic()]
         progress.ticker = self
         self.jobs[progress] = streamer
         if self.greenlet is None:
@@ -62,6 +67,7 @@ class Ticker:
         """Tick progress no more, once a frame of it that is on its way has been answered."""
         self.jobs.pop(progress, None)
         self.changed.pop(progress, None)
+        self.credits.pop(progress, None)
         progress.ticker = None
         while progress in self.in_flight:
             self.idle.wait()
@@ -96,7 +102,7 @@ class Ticker:
             return
         # From the first frame built until the last reply is read, a job that ends waits in
         # leave(): its last frame must come after this one, and count from what this one sent.
-        self.in_flight = set(due)
+        self.in_flight = {progress for progress, _ in due}
         self.idle.clear()
         try:
             stops = self._send(due, checks, now)
@@ -110,29 +116,31 @@ class Ticker:
                 streamer.kill(StopJob, block=False)  # raised where it waits on the provider
 
     def _due(self, now):
-        """Return the changed jobs that may send a frame now; the others wait for their credit."""
+        """Return the changed jobs that may send a frame now, with their credits; the others wait."""
         due = []
         for progress, at in tuple(self.changed.items()):
             if at > now:
                 continue  # waiting for a frame credit (or a retry); not pushed back by others' ticks
-            if progress.has_credit(now, self.interval):
+            bucket = self.credits[progress]
+            bucket[:] = min(BURST_FRAMES, bucket[0] + (now - bucket[1]) / self.interval), now
+            if bucket[0] >= 1:
                 del self.changed[progress]
-                due.append(progress)
+                due.append((progress, bucket))
             else:
-                self.changed[progress] = now + progress.credit_wait(self.interval)
+                self.changed[progress] = now + (1 - bucket[0]) * self.interval
         return due
 
     def _send(self, due, checks, now):
         """Build and send the frames of due and the Stop checks of checks; return who asked to stop."""
         commands, frames = [], []
-        for progress in due:
+        for progress, bucket in due:
             try:
                 built = progress.frame()
             except Exception:  # one job's fault must not stop every other job's ticker
                 log.exception("job %s: could not build a ticker frame", progress.job.id)
                 continue
             if built is not None:  # else nothing the viewers see has changed
-                progress.credit -= 1
+                bucket[0] -= 1
                 frames.append((progress, len(commands), built))
                 commands += built[0]
         checked = len(commands)

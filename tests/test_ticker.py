@@ -175,12 +175,6 @@ class _Progress:
     def __init__(self, name):
         self.name, self.job, self.frames, self.ticker = name, _Job(), 0, None
 
-    def has_credit(self, now, interval):
-        return runner.Progress.has_credit(self, now, interval)
-
-    def credit_wait(self, interval):
-        return runner.Progress.credit_wait(self, interval)
-
     def frame(self):
         return [b"PING"], 0
 
@@ -203,7 +197,7 @@ def test_a_job_out_of_frame_credit_gets_its_frame_while_others_keep_ticking(app,
         waiting, busy = _Progress("waiting"), _Progress("busy")
         for progress in (waiting, busy):
             clock.join(progress, gevent.getcurrent())
-        waiting.credit = 0.0  # it has just sent its burst
+        clock.credits[waiting][0] = 0.0  # it has just sent its burst
         clock.mark(waiting)
         for _ in range(100):  # half a second of another job ticking every 5 ms
             clock.mark(busy)
