@@ -63,8 +63,7 @@ class Publisher:
         try:
             if self.conn is None:
                 self.conn = resp.Connection(self.url, self.name, timeout=TIMEOUT_SECONDS)
-            self.conn.send(b"".join(commands))
-            return [self.conn.next_reply() for _ in commands]
+            return self.conn.replies(commands)
         except (OSError, hiredis.ProtocolError) as error:
             # Replies may be half read: this connection is done. The next batch connects anew.
             self.close()

@@ -75,10 +75,14 @@ class Connection:
                 raise ConnectionError("Redis closed the connection")
             self.parser.feed(self.buffer, 0, n)
 
+    def replies(self, commands):
+        """Send packed commands in one write and return their replies, error replies included."""
+        self.send(b"".join(commands))
+        return [self.next_reply() for _ in commands]  # all read, so the connection stays in step
+
     def execute(self, commands):
         """Send packed commands in one write and return their replies; raise the first error reply."""
-        self.send(b"".join(commands))
-        replies = [self.next_reply() for _ in commands]  # all read, so the connection stays in step
+        replies = self.replies(commands)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 raise reply
