@@ -135,7 +135,10 @@ def from_environment():
         "PAY_RATE_LIMIT_PER_ADDRESS": os.environ.get("PAY_RATE_LIMIT_PER_ADDRESS", "300 per minute"),
         "READ_RATE_LIMIT": os.environ.get("READ_RATE_LIMIT", "120 per minute"),
         "READ_RATE_LIMIT_PER_ADDRESS": os.environ.get("READ_RATE_LIMIT_PER_ADDRESS", "1200 per minute"),
-        "MAX_STREAMS_PER_VISITOR": _int("MAX_STREAMS_PER_VISITOR", 6),
+        # Below the 6 connections a browser opens to one site over HTTP/1.1: at 6, six open job
+        # tabs held them all, and a seventh page, a payment or the "close a tab" answer itself
+        # waited for ever. At 4, two connections stay free for pages and forms.
+        "MAX_STREAMS_PER_VISITOR": _int("MAX_STREAMS_PER_VISITOR", 4),
         # Apps sharing one Redis keep their rate-limit counters apart with a namespace.
         "RATELIMIT_NAMESPACE": os.environ.get("RATELIMIT_NAMESPACE", ""),
         # Behind Heroku's router (one proxy hop) set 1, so limits see visitors' addresses, not
