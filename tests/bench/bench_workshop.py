@@ -279,9 +279,9 @@ class Bench:
         status = Path(f"/proc/{self.worker}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
-    def cpu_seconds(self):
-        """Return the worker's user and system CPU time so far."""
-        fields = Path(f"/proc/{self.worker}/stat").read_text().rsplit(")", 1)[1].split()
+    def cpu_seconds(self, pid=None):
+        """Return a process's (by default the worker's) user and system CPU time so far."""
+        fields = Path(f"/proc/{pid or self.worker}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def worker_redis_connections(self):
@@ -319,10 +319,17 @@ def measure_p1(bench, jobs):
     print(f"P1: {len(jobs)} jobs streaming", file=sys.stderr, flush=True)
     cpu, started = bench.cpu_seconds(), time.monotonic()
     bench.pay_work(jobs)
-    peak, samples = 0, []  # (wall-clock time, worker CPU seconds so far)
+    # The other processes on the machine share its cores with the worker: their CPU is shown too.
+    others = {"Redis": bench.processes[0].pid, "provider": bench.provider.pid,
+              "viewers": viewers.process.pid}
+    peak, samples = 0, []  # (wall-clock time, worker CPU seconds so far, {other: CPU seconds})
     while viewers.process.poll() is None:
         peak = max(peak, len(bench.worker_redis_connections()))
-        samples.append((time.time(), bench.cpu_seconds()))
+        try:
+            samples.append((time.time(), bench.cpu_seconds(),
+                            {name: bench.cpu_seconds(pid) for name, pid in others.items()}))
+        except (FileNotFoundError, ProcessLookupError):
+            break  # the viewers' process just ended
         time.sleep(0.5)
     bench.p1_cpu = (bench.cpu_seconds() - cpu, time.monotonic() - started)
     frames = json.loads(viewers.out.read_text())
@@ -351,9 +358,12 @@ def measure_p1(bench, jobs):
     # The worker's CPU use while every job streamed: from the last job's first token to the first
     # job's last one.
     first_done = min((times[-1] for times in sent.values() if times), default=0)
-    inside = [(t, c) for t, c in samples if all_streaming <= t <= first_done]
-    bench.p1_steady_cpu = ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
-                           if len(inside) > 1 and inside[-1][0] > inside[0][0] else None)
+    inside = [sample for sample in samples if all_streaming <= sample[0] <= first_done]
+    bench.p1_steady_cpu = bench.p1_others_cpu = None
+    if len(inside) > 1 and inside[-1][0] > inside[0][0]:
+        (t0, c0, o0), (t1, c1, o1) = inside[0], inside[-1]
+        bench.p1_steady_cpu = (c1 - c0) / (t1 - t0)
+        bench.p1_others_cpu = {name: (o1[name] - o0[name]) / (t1 - t0) for name in o0}
     return latencies, missing, frame_count, peak
 
 
@@ -447,8 +457,9 @@ def main(args):
                  f"{load_p1} when it began",
                  f"P1 once every job was streaming: p50 {percentile(bench.p1_steady, 50) * 1e3:.1f} ms, "
                  f"p99 {percentile(bench.p1_steady, 99) * 1e3:.1f} ms ({len(bench.p1_steady):,} tokens), "
-                 + (f"worker CPU {bench.p1_steady_cpu:.0%} of a core meanwhile"
-                    if bench.p1_steady_cpu is not None else "too short to sample the worker's CPU")
+                 + (f"worker CPU {bench.p1_steady_cpu:.0%} of a core meanwhile ("
+                    + ", ".join(f"{name} {cpu:.0%}" for name, cpu in bench.p1_others_cpu.items())
+                    + ")" if bench.p1_steady_cpu is not None else "too short to sample the worker's CPU")
                  if bench.p1_steady else "P1: no token came after every job was streaming"]
     except BaseException:
         log = bench.tmp / "gunicorn.log"
