@@ -42,6 +42,11 @@ GC_THRESHOLDS = (7000, 10, 10)
 
 def post_worker_init(worker):
     import gc
+
+    import gevent
+    # gevent keeps, for every greenlet, a copy of the stack that spawned it and a tree of who
+    # spawned whom, for debugging; an idle viewer's greenlet would hold that for its lifetime.
+    gevent.config.track_greenlet_tree = False
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     # At start-up, and every half lease, end jobs whose process died (app/recovery.py); on
