@@ -30,8 +30,10 @@ def create_app(test_config=None):
     # Bodies are read whole before they are checked: cap them near the longest text accepted
     # (escaped JSON or a percent-encoded form takes up to 12 bytes a character), so a huge
     # body is a 413 at once instead of memory spent parsing it.
-    app.config.setdefault("MAX_CONTENT_LENGTH", 12 * max(
-        app.config["MAX_REQUEST_CHARS"], app.config["MAX_CHAT_CHARS"]) + 16 * 1024)
+    # (Flask's defaults hold MAX_CONTENT_LENGTH = None, so setdefault would never set it.)
+    if app.config.get("MAX_CONTENT_LENGTH") is None:
+        app.config["MAX_CONTENT_LENGTH"] = 12 * max(
+            app.config["MAX_REQUEST_CHARS"], app.config["MAX_CHAT_CHARS"]) + 16 * 1024
     # A typo in a template is an error, not an empty string on a visitor's screen.
     app.jinja_env.undefined = jinja2.StrictUndefined
 
