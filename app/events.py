@@ -114,10 +114,24 @@ class JobEvents(ServerSentEventsBlueprint):
         return response
 
 
+    def snapshot_once(self, job):
+        """Send the job as it is now and end the stream: the browser asks again in a few seconds.
+
+        For a tab past the visitor's cap of live views. A refusal (429) would leave it showing
+        whatever it last had, a pay button on a job already paid, until the job ended; this way
+        it follows the job every few seconds, and holds no connection in between.
+        """
+        frames, _, _ = _snapshot(job.id, live=False, crowded=True)
+        body = f": too many live views\nretry: {CROWDED_RETRY_SECONDS * 1000}\n\n" + "".join(frames)
+        return current_app.response_class(body, mimetype="text/event-stream",
+                                          headers={"Cache-Control": "no-cache"})
+
+
 DONE, LOST, RESYNC = object(), object(), object()  # why a viewer's relay of frames ended
+CROWDED_RETRY_SECONDS = 5  # how often a tab past the cap of live views is sent the job again
 
 
-def _snapshot(job_id, live):
+def _snapshot(job_id, live, crowded=False):
     """Return the job's current state as SSE text, the answer characters it holds, and finality."""
     job = db.session.get(Job, job_id, populate_existing=True)
     ctx = fragments.job_context(job)
@@ -128,7 +142,7 @@ def _snapshot(job_id, live):
         frames.insert(0, Frame(fragments.live_status(job.id, live=True), type="job_live"))
         frames.append(Frame(fragments.final_panel(job), type="job_complete"))
     else:
-        frames.append(Frame(fragments.live_status(job.id, live=live), type="job_live"))
+        frames.append(Frame(fragments.live_status(job.id, live=live, crowded=crowded), type="job_live"))
     final, sent = job.is_final, ctx["sent_chars"]
     out = [str(frame) for frame in frames]
     # Render first, then end the session: a stream must hold no database connection for its

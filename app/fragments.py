@@ -57,9 +57,9 @@ def final_panel(job):
     return render_template("fragments/final.html", job=job, ledger=job.ledger)
 
 
-def live_status(job_id, live):
-    """Render the live view's status: hidden while live, a notice while reconnecting."""
-    return render_template("fragments/live_status.html", job_id=job_id, live=live)
+def live_status(job_id, live, crowded=False):
+    """Render the live view's status: hidden while live, a notice while reconnecting or crowded."""
+    return render_template("fragments/live_status.html", job_id=job_id, live=live, crowded=crowded)
 
 
 def _streamed(name, **context):

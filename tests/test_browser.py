@@ -229,6 +229,28 @@ def test_reload_mid_stream_resumes_without_doubling(browser, tmp_path_factory, r
         slow.stop()
 
 
+def test_a_tab_past_the_cap_of_live_views_follows_the_job_and_says_why(browser, tmp_path_factory, redis_url):
+    crowded = LiveServer(tmp_path_factory.mktemp("crowded"), redis_url, DEMO_TOKENS_PER_SECOND="60",
+                         MAX_STREAMS_PER_VISITOR="1").start()
+    try:
+        with visitor(browser, crowded) as page:
+            job_id = submit_job(page, "Explain how a soldering iron's tip temperature is regulated.")
+            second = page.context.new_page()  # the same visitor's second tab: past the cap of one
+            second.goto(f"/jobs/{job_id}")
+            notice = second.locator(".live-status")
+            expect(notice).to_be_visible()
+            expect(notice).to_contain_text("Too many live views of your jobs are open")
+            pay_both(page)
+            # Not live, but not stuck either: the crowded tab is sent the job every few seconds,
+            # through to its final panel, without a reload.
+            expect(second.locator(".job-card")).to_have_attribute("data-state", "executing")
+            expect(second.locator(".final:not([hidden])")).to_be_visible(timeout=90_000)
+            job = finish(page, job_id)
+            assert second.locator(".answer").text_content() == job["result"]
+    finally:
+        crowded.stop()
+
+
 def test_job_works_without_javascript(browser, server):
     with visitor(browser, server, java_script_enabled=False) as page:
         page.goto("/")

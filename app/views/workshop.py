@@ -78,5 +78,5 @@ def job_events(job_id):
     db.session.rollback()
     release = stream_slot(job.visitor_id)
     if release is None:
-        abort(429, "Too many open live views of your jobs; close a tab and this one reconnects.")
+        return sse.snapshot_once(job)  # past the cap of live views: the job as it is, every few seconds
     return sse.stream_job(job, on_close=release)
