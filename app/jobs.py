@@ -25,21 +25,23 @@ class JobError(Exception):
         self.status = status
 
 
-def clean_request(text, limit):
-    """Return the request text normalised, or raise JobError saying what is wrong with it."""
+def clean_request(text, limit, what="request"):
+    """Return the request (or chat message: what="message") normalised, or raise JobError saying
+    what is wrong with it."""
     if not isinstance(text, str):
-        raise JobError("Send the job request as text.")
+        raise JobError("Send the job request as text." if what == "request" else f"Send the {what} as text.")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in JSON: no character at all
-        raise JobError("The request is not valid UTF-8 text.") from None
+        raise JobError(f"The {what} is not valid UTF-8 text.") from None
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
-        raise JobError("Tell Timmy what the job is: the request is empty.")
+        raise JobError("Tell Timmy what the job is: the request is empty." if what == "request"
+                       else f"Write something for Timmy first: the {what} is empty.")
     if len(text) > limit:
-        raise JobError(f"The request is too long: {len(text):,} characters, at most {limit:,}.", 413)
+        raise JobError(f"The {what} is too long: {len(text):,} characters, at most {limit:,}.", 413)
     if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
-        raise JobError("The request contains control characters (such as NUL); remove them and try again.")
+        raise JobError(f"The {what} contains control characters (such as NUL); remove them and try again.")
     return text
 
 

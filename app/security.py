@@ -35,9 +35,16 @@ def limit(setting):
         return current_app.config[setting + "_PER_ADDRESS"]
 
     def decorate(view):
-        view = limiter.limit(per_visitor, key_func=visitor_key)(view)
+        view = limiter.limit(per_visitor, key_func=visitor_key, deduct_when=_accepted)(view)
         return limiter.limit(per_address, key_func=address_key)(view)
     return decorate
+
+
+def _accepted(response):
+    # A refused request (an empty message, a text too long, a price unavailable, Timmy failing)
+    # costs the visitor nothing, allowance included. Every request counts against the looser
+    # per-address limit, which bounds a flood of refused ones.
+    return response.status_code < 400
 
 
 def stream_slot(visitor):

@@ -31,4 +31,14 @@ def test_chat_is_limited_per_visitor_with_a_friendly_message(client, app):
 
 def test_empty_chat_messages_get_a_clear_message(client):
     response = client.post("/chat", data={"message": "  "}, headers={"HX-Request": "true"})
-    assert response.status_code == 400 and "empty" in response.get_data(as_text=True)
+    body = response.get_data(as_text=True)
+    assert response.status_code == 400 and "the message is empty" in body and "job" not in body
+    long = client.post("/chat", data={"message": "x" * 1001}, headers={"HX-Request": "true"})
+    assert long.status_code == 413 and "The message is too long: 1,001 characters" in long.get_data(as_text=True)
+
+
+def test_refused_chat_messages_cost_no_allowance(client):
+    """An empty or over-long message is refused and leaves the visitor's 3 a minute whole."""
+    chat = lambda message: client.post("/chat", data={"message": message}, headers={"HX-Request": "true"})
+    assert [chat("").status_code, chat("x" * 1001).status_code] == [400, 413]
+    assert [chat("hi").status_code for _ in range(4)] == [200, 200, 200, 429]

@@ -101,6 +101,17 @@ def test_job_creation_is_rate_limited_per_visitor(make_app):
     assert "Wait a moment" in client.post("/api/jobs", json={"request": "hi"}).json["error"]
 
 
+def test_refused_requests_cost_no_allowance_but_meet_the_address_limit(make_app):
+    client = make_app(JOB_RATE_LIMIT="2 per minute").test_client()
+    # Bad input is refused and costs nothing, the visitor's allowance included.
+    assert [client.post("/api/jobs", json={"request": ""}).status_code for _ in range(3)] == [400] * 3
+    assert [client.post("/api/jobs", json={"request": "hi"}).status_code for _ in range(3)] == [201, 201, 429]
+    # A flood of refused requests still meets the address's limit, which counts every request.
+    flood = make_app(JOB_RATE_LIMIT_PER_ADDRESS="3 per minute").test_client()
+    codes = [flood.post("/api/jobs", json={"request": ""}).status_code for _ in range(5)]
+    assert codes == [400, 400, 400, 429, 429]
+
+
 def test_a_visitor_who_drops_the_cookie_still_meets_the_address_limit(make_app):
     app = make_app(JOB_RATE_LIMIT_PER_ADDRESS="3 per minute")
     codes = [app.test_client().post("/api/jobs", json={"request": "hi"}).status_code for _ in range(4)]

@@ -14,7 +14,8 @@ bp = Blueprint("chat", __name__)
 def chat():
     """Answer a free-chat message."""
     try:
-        message = jobs.clean_request(request.form.get("message", ""), current_app.config["MAX_CHAT_CHARS"])
+        message = jobs.clean_request(request.form.get("message", ""), current_app.config["MAX_CHAT_CHARS"],
+                                     what="message")
     except jobs.JobError as error:
         if is_htmx():
             return render_template("fragments/chat_notice.html", message=str(error)), error.status
