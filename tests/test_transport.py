@@ -1,9 +1,11 @@
 """The urllib3 transport under both SDKs, and the SSE parser the OpenAI agent reads with."""
 import gzip
+import json
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 
 import httpx2
@@ -16,8 +18,9 @@ from app.agent import ProviderError, TextDelta, remote
 from app.agent.sse import data_events
 from app.agent.transport import Urllib3Transport
 
+from conftest import ROOT
 from providers import Hangup, ProviderServer, Reply, Send, Sleep
-from test_providers import Provider, drain, provider, server, text_of, usage_of  # noqa: F401 (fixtures)
+from test_providers import MODELS, Provider, drain, provider, server, text_of, usage_of  # noqa: F401 (fixtures)
 from wire import data, openai_error_body, openai_frames
 
 TIMEOUT = httpx2.Timeout(connect=5, read=5, write=5, pool=5)
@@ -235,6 +238,62 @@ def test_an_abandoned_stream_closes_its_connection_and_the_next_one_works(provid
     items, error = drain(agent.stream("hi"))
     assert error is None and text_of(items) == "again"
     assert provider.server.connections == 2  # the abandoned connection was not used again
+
+
+# Under gevent (as in the gunicorn worker) a stream's reads are timed by one watchdog per stream
+
+GEVENT_DRAIN = """
+from gevent import monkey; monkey.patch_all()
+import json, sys, time
+from app.agent import TextDelta, build
+config, pause = json.loads(sys.argv[1]), float(sys.argv[2])
+text, error = "", None
+try:
+    for item in build(config).stream("hi"):
+        if isinstance(item, TextDelta):
+            text += item.text
+            time.sleep(pause)  # a consumer busy elsewhere: no read is waiting meanwhile
+except Exception as exc:
+    error = str(exc)
+print(json.dumps({"text": text, "error": error}))
+"""
+
+
+def drain_under_gevent(provider, pause=0.0, **overrides):
+    """Drain a stream in a gevent-patched process, as the worker does; return (text, error)."""
+    work, cheap = MODELS[provider.kind]
+    config = {"AGENT": provider.kind, "PROVIDER_API_KEY": "test-key", "WORK_MODEL": work,
+              "EVAL_MODEL": cheap, "CHAT_MODEL": cheap, "PROVIDER_STALL_SECONDS": 5,
+              "MAX_OUTPUT_TOKENS": 4096,
+              "PROVIDER_BASE_URL": provider.server.url + ("" if provider.kind == "anthropic" else "/v1"),
+              **overrides}
+    done = subprocess.run([sys.executable, "-c", GEVENT_DRAIN, json.dumps(config), str(pause)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out["text"], out["error"]
+
+
+def test_under_gevent_a_stall_mid_stream_is_a_read_timeout(provider):
+    frames = provider.frames(["First", " second"])
+    head = provider.head(frames)
+    provider.server.queue(Reply(head + [Sleep(30)] + frames[len(head):]))
+    text, error = drain_under_gevent(provider, PROVIDER_STALL_SECONDS=0.5)
+    assert text == "First" and error == remote.STALLED
+
+
+def test_under_gevent_a_slow_stream_or_a_slow_reader_is_no_stall(provider):
+    # Each gap is well under the stall period but the whole answer takes several periods, and
+    # the reader also dawdles between chunks for longer than a period: neither is a stall.
+    pieces = [f" piece{i}" for i in range(8)]
+    frames = provider.frames(pieces)
+    head = provider.head(frames)
+    paced = [step for frame in frames[len(head):] for step in (Sleep(0.15), frame)]
+    provider.server.queue(Reply(head + paced), Reply(provider.frames(["again"])))
+    text, error = drain_under_gevent(provider, PROVIDER_STALL_SECONDS=0.4)
+    assert error is None and text == "".join(pieces)
+    text, error = drain_under_gevent(provider, pause=1.0, PROVIDER_STALL_SECONDS=0.4)
+    assert error is None and text == "again"
 
 
 # The transport itself

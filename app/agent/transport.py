@@ -11,7 +11,8 @@ their httpx2.Client with their own defaults.
 
 What it keeps of the default transport: method, URL, headers and body as httpx2 built them;
 the per-request timeouts the SDKs put in `request.extensions["timeout"]` (a read timeout is a
-read that waits that long for a single byte: the stall detector); TLS verification with the same
+read that waits that long for a single byte: the stall detector; under gevent a body's reads are
+timed by stall.py, one timer per stream rather than one per read); TLS verification with the same
 CA store as httpx2; keep-alive connections reused across requests; bodies streamed raw (httpx2
 decodes any content-encoding itself); the connection closed when a response is closed before
 its end; and urllib3's errors raised as httpx2's, which the SDKs and `remote.explain` know.
@@ -26,6 +27,8 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (ConnectTimeoutError, EmptyPoolError, HTTPError, LocationValueError,
                                 NewConnectionError, ProtocolError, ReadTimeoutError, SSLError)
+
+from . import stall
 
 # Idle keep-alive connections kept per host. More than the streams one worker runs at once;
 # the pool never blocks: past this many, a request opens a connection of its own.
@@ -104,7 +107,7 @@ class Urllib3Transport(httpx2.BaseTransport):
         finally:
             _write_timeout.reset(token)
         return httpx2.Response(
-            response.status, stream=_Body(response),
+            response.status, stream=_Body(response, timeouts.get("read")),
             headers=[(name.encode("latin-1"), value.encode("latin-1"))
                      for name, value in response.headers.items()],
             extensions={"http_version": b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1",
@@ -117,19 +120,27 @@ class Urllib3Transport(httpx2.BaseTransport):
 class _Body(httpx2.SyncByteStream):
     """A response body as it comes off the wire; closing it early closes its connection."""
 
-    def __init__(self, response):
+    def __init__(self, response, read_timeout):
         self._response = response
+        self._read_timeout = read_timeout
         self._finished = False
 
     def __iter__(self):
         response = self._response
+        reads = (response.read_chunked(READ_SIZE, decode_content=False) if response.chunked
+                 else _read1s(response))
+        watchdog = stall.watch(response.connection and response.connection.sock, self._read_timeout)
         try:
-            if response.chunked:
-                yield from response.read_chunked(READ_SIZE, decode_content=False)
+            if watchdog is None:
+                yield from reads
             else:
-                # read1: whatever has arrived, without waiting to fill READ_SIZE.
-                while data := response.read1(READ_SIZE, decode_content=False):
-                    yield data
+                try:
+                    while True:
+                        yield watchdog.read(reads)
+                except StopIteration:
+                    pass
+                finally:
+                    watchdog.close()
         except (HTTPError, OSError) as exc:
             _raise_mapped(exc, sending=False)
         self._finished = True
@@ -141,6 +152,12 @@ class _Body(httpx2.SyncByteStream):
             response.close()
         # The pool gets its slot back (a closed connection reconnects when next used).
         response.release_conn()
+
+
+def _read1s(response):
+    # read1: whatever has arrived, without waiting to fill READ_SIZE.
+    while data := response.read1(READ_SIZE, decode_content=False):
+        yield data
 
 
 def _raise_mapped(exc, sending):
