@@ -7,7 +7,7 @@ import gevent
 from flask import current_app, g
 from sqlalchemy import update
 
-from . import events, pricing, recovery, refunds
+from . import events, pricing, recovery, refunds, turns
 from .agent import ProviderError, get_agent
 from .lightning import get_wallet, webhook
 from .metering import count_tokens
@@ -100,6 +100,14 @@ def on_payment(payment_hash):
     """
     if not get_wallet().is_paid(payment_hash):
         return None
+    # The wallet has answered: the rest is this process's own work, and takes its turn. The
+    # wallet's read ends first, so no database connection is held while waiting for the turn.
+    db.session.commit()
+    with turns.take():
+        return _advance(payment_hash)
+
+
+def _advance(payment_hash):
     first = db.session.execute(update(Invoice).where(Invoice.payment_hash == payment_hash,
                                                      Invoice.state == "pending")
                                .values(state="paid", paid_at=utcnow())).rowcount == 1

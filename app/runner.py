@@ -3,7 +3,7 @@ import logging
 
 import gevent
 
-from . import events, pricing, recovery, refunds, ticker
+from . import events, pricing, recovery, refunds, ticker, turns
 from .agent import ProviderError, TextDelta, Thinking, Usage, get_agent
 from .jobs import transition
 from .metering import Meter, count_tokens
@@ -100,14 +100,17 @@ class Progress:
 
 def execute(job_id):
     """Stream Timmy's answer for a paid job, tick the cost live, then settle and complete it."""
-    job = db.session.get(Job, job_id)
-    agent = get_agent()
-    progress = Progress(job, count_tokens(agent.prompt(job.request)), agent.encoding)
-    # A stream lasts minutes: hold no database connection meanwhile, or a few dozen jobs at
-    # once would drain the pool and every other request would wait. The ticker needs only the
-    # job's loaded columns; settling loads it again.
-    db.session.expunge(job)
-    db.session.rollback()
+    # Starting and settling take turns with other jobs' state changes (app/turns.py); waiting
+    # for a turn, this greenlet holds no database connection.
+    with turns.take():
+        job = db.session.get(Job, job_id)
+        agent = get_agent()
+        progress = Progress(job, count_tokens(agent.prompt(job.request)), agent.encoding)
+        # A stream lasts minutes: hold no database connection meanwhile, or a few dozen jobs at
+        # once would drain the pool and every other request would wait. The ticker needs only
+        # the job's loaded columns; settling loads it again.
+        db.session.expunge(job)
+        db.session.rollback()
     try:
         # The lease's renewals checkpoint the answer so far, for a recovery if this process dies.
         with recovery.holding(job_id, "executing", checkpoint=lambda: {
@@ -115,7 +118,8 @@ def execute(job_id):
             outcome = _stream(job, agent, progress)
     except recovery.LeaseLost:
         return  # another process has settled the job from its checkpoint
-    settle(db.session.get(Job, job_id), progress.text, *outcome)
+    with turns.take():
+        settle(db.session.get(Job, job_id), progress.text, *outcome)
 
 
 def _stream(job, agent, progress):

@@ -213,3 +213,54 @@ def test_the_dev_pay_endpoint_is_absent_with_a_real_wallet(make_app, monkeypatch
     app = make_app(WALLET="other")
     assert app.test_client().post("/api/dev/pay/" + "0" * 64).status_code == 404
     assert "devpay.api_pay" not in app.view_functions
+
+
+def test_payments_arriving_together_change_states_one_at_a_time(client, app, monkeypatch):
+    # A state change's database work and render don't yield to the event loop; with many
+    # payments at once, taking turns keeps them from piling up between two ticker batches.
+    import gevent
+    from app import events, jobs
+    paid = [create(client) for _ in range(3)]
+    spans, publish = [], events.publish_state
+
+    def slow_publish(job):
+        spans.append(("enter", job.id))
+        gevent.sleep(0.05)  # a publish waits on Redis: other greenlets run meanwhile
+        spans.append(("exit", job.id))
+        publish(job)
+
+    monkeypatch.setattr(events, "publish_state", slow_publish)
+    monkeypatch.setattr(jobs, "spawn", lambda *args: None)  # only the payments' own state changes
+    payers = [gevent.spawn(client.post, f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
+              for job in paid]
+    gevent.joinall(payers, raise_error=True)
+    assert [payer.value.status_code for payer in payers] == [200, 200, 200]
+    # Each payment's state change ends before the next one begins.
+    assert len(spans) == 6 and all(spans[i][0] == "enter" and spans[i + 1] == ("exit", spans[i][1])
+                                   for i in range(0, 6, 2)), spans
+
+
+def test_a_payment_waits_for_its_turn_without_holding_a_database_connection(make_app):
+    # One pooled connection: a payment that kept the wallet's read open while waiting for the
+    # turn would starve the turn's holder of the connection it needs, and both would stall.
+    import gevent
+    from sqlalchemy import text
+    from app import turns
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 3})
+    client = app.test_client()
+    job = create(client)
+
+    def holder():
+        with app.app_context(), turns.take():
+            gevent.sleep(0.3)  # meanwhile the payment reads the wallet and waits for the turn
+            db.session.execute(text("select 1"))
+            db.session.commit()
+
+    held = gevent.spawn(holder)
+    gevent.sleep(0)
+    paid = client.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
+    held.join(10)
+    wait_for_jobs()
+    assert held.successful(), held.exception
+    assert paid.status_code == 200
+    assert client.get(f"/api/jobs/{job['jobId']}").json["state"] == "awaiting_work_payment"
