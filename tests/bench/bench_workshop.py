@@ -146,10 +146,60 @@ async def _events(reader):
             yield kind, "\n".join(data)
 
 
+FIGURES = re.compile(rb'data-output-tokens="(\d+)"')
+
+
+def live_viewers(port, cookie, paths, out_path):
+    """Record each stream's ticker frames (output tokens, arrival time) until its job completes.
+
+    A plain selector loop that timestamps each read as it comes off the socket and looks for the
+    events in the raw bytes (a chunk's size line may precede an event; no event holds a blank
+    line): the viewers share the machine with the worker, and the lighter they are, the less of
+    P1 is their own delay.
+    """
+    import selectors
+    frames = {path: [] for path in paths}
+    selector = selectors.DefaultSelector()
+    for i, path in enumerate(paths):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+                     "Accept: text/event-stream\r\n\r\n".encode())
+        sock.setblocking(False)
+        # Per stream: its frames, the bytes of an event not yet ended, whether its card came.
+        selector.register(sock, selectors.EVENT_READ, [frames[path], b"", False])
+        if i % 50 == 49:
+            time.sleep(0.01)  # don't overflow the listen backlog
+    uncarded, streaming = len(paths), len(paths)
+    while streaming:
+        for key, _ in selector.select(timeout=600):
+            data = key.fileobj.recv(65536)
+            now = time.time()
+            if not data:
+                raise RuntimeError("a stream ended before its job completed")
+            state = key.data
+            *events, state[1] = (state[1] + data).split(b"\n\n")
+            for event in events:
+                if b"event: job_progress" in event:
+                    state[0].append((int(FIGURES.search(event).group(1)), now))
+                elif b"event: job_state" in event and not state[2]:
+                    state[2] = True
+                    uncarded -= 1
+                    if not uncarded:
+                        print("ready", flush=True)
+                elif b"event: job_complete" in event:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    streaming -= 1
+                    break
+    Path(out_path).write_text(json.dumps(frames))
+
+
 def viewers_main(port, cookie, paths_file, mode, out_path):
     """Hold one stream per path; 'idle': until stdin closes; 'live': record ticker frames until done."""
     paths = json.loads(Path(paths_file).read_text())
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(paths) + 256,) * 2)
+    if mode == "live":
+        return live_viewers(port, cookie, paths, out_path)
     frames = {}  # path -> [(output_tokens, arrival wall-clock time)]
 
     async def watch(path, ready):
