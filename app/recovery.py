@@ -2,7 +2,7 @@
 
 A process that starts evaluating or executing a job leases it (lease_owner, lease_expires_at)
 and renews the lease while it works; an executing job's renewal also checkpoints its answer so
-far. Any process can tell a busy job from an orphaned one by the lease alone: only a lease left
+far (executing jobs are renewed together, by app/renewals.py). Any process can tell a busy job from an orphaned one by the lease alone: only a lease left
 to lapse (its process was killed, or lost the database for longer than a lease) is swept. An
 orphaned evaluation is evaluated again (its fee is paid and nothing was quoted yet); an orphaned
 execution fails, charged for the answer as last checkpointed, the rest owed back as a refund.
@@ -21,6 +21,7 @@ from flask import current_app
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import renewals
 from .models import Job, db, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,40 @@ def _renewal(columns):
             .values({name: bindparam(f"b_{name}") for name in ("lease_owner", "lease_expires_at") + columns}))
 
 
+def _renewal_params(job_id, state, checkpoint):
+    params = {f"b_{name}": value for name, value in {**lease(), **checkpoint}.items()}
+    params.update(b_id=job_id, b_state=state)
+    return params
+
+
 def renew(job_id, state, **checkpoint):
     """Extend this process's lease on a job (saving any checkpoint with it); tell whether it held."""
-    values = {**lease(), **checkpoint}
-    params = {f"b_{name}": value for name, value in values.items()}
-    params.update(b_id=job_id, b_state=state)
     # Its own connection, not the session: the greenlet working on the job uses the session.
     with db.engine.begin() as connection:
-        return connection.execute(_renewal(tuple(checkpoint)), params).rowcount == 1
+        return connection.execute(_renewal(tuple(checkpoint)),
+                                  _renewal_params(job_id, state, checkpoint)).rowcount == 1
 
 
-def keep(job_id, state, worker, done, checkpoint=dict):
+def renew_many(leases):
+    """Extend this process's leases on (job id, state, checkpoint) in one transaction, saving each
+    checkpoint; return the ids of the jobs whose lease it no longer held."""
+    groups = {}  # one statement per set of checkpoint columns, executed for each of its jobs
+    for job_id, state, checkpoint in leases:
+        groups.setdefault(tuple(checkpoint), []).append(_renewal_params(job_id, state, checkpoint))
+    with db.engine.begin() as connection:
+        for columns, params in groups.items():
+            connection.execute(_renewal(columns), params)
+        held = {(job_id, state) for job_id, state in connection.execute(select(Job.id, Job.state).where(
+            Job.id.in_([job_id for job_id, _, _ in leases]), held_by_me()))}
+    return [job_id for job_id, state, _ in leases if (job_id, state) not in held]
+
+
+def keep(job_id, state, worker, done):
     """Renew the lease every checkpoint interval until done is set; stop worker if it was lost."""
     interval = min(current_app.config["JOB_CHECKPOINT_SECONDS"], current_app.config["JOB_LEASE_SECONDS"] / 3)
     while not done.wait(interval):
         try:
-            held = renew(job_id, state, **checkpoint())
+            held = renew(job_id, state)
         except SQLAlchemyError:
             log.warning("job %s: could not renew its lease; retrying", job_id, exc_info=True)
             continue
@@ -88,14 +107,22 @@ def keep(job_id, state, worker, done, checkpoint=dict):
 
 
 @contextmanager
-def holding(job_id, state, checkpoint=dict):
-    """Keep this process's lease on the job (and checkpoint it) while the body runs."""
+def holding(job_id, state, checkpoint=None):
+    """Keep this process's lease on the job (and save checkpoint() with it) while the body runs."""
     app, worker = current_app._get_current_object(), gevent.getcurrent()
+    if checkpoint is not None:  # an executing job: renewed together with the process's others
+        renewer = renewals.renewer()
+        renewer.join(job_id, state, worker, checkpoint)
+        try:
+            yield
+        finally:
+            renewer.leave(job_id)  # a renewal under way finishes; none starts after the work has ended
+        return
     done = gevent.event.Event()
 
     def run():
         with app.app_context():
-            keep(job_id, state, worker, done, checkpoint)
+            keep(job_id, state, worker, done)
 
     keeper = gevent.spawn(run)
     try:

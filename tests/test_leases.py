@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from app import jobs, recovery, runner
+from app import jobs, recovery, renewals, runner
 from app.agent import Usage
 from app.metering import count_tokens
 from app.models import CostLedger, Job, db, utcnow
@@ -90,3 +90,100 @@ def test_paying_leases_the_job_to_this_process_until_it_ends(app, client, paid):
     assert_settled(app, job)
     with app.app_context():
         assert db.session.get(Job, paid["jobId"]).lease_expires_at is None
+
+
+# Executing jobs' leases are renewed together (app/renewals.py)
+
+@pytest.fixture
+def executing(make_app):
+    """An app renewing every 0.2 s, and three of its jobs executing under this process's lease."""
+    app = make_app(JOB_CHECKPOINT_SECONDS=0.2)
+    client = app.test_client()
+    ids = []
+    for _ in range(3):
+        job = client.post("/api/jobs", json={"request": "Plan a soldering workshop"}).json
+        client.post(f"/api/dev/pay/{job['evalInvoice']['paymentHash']}")
+        wait_for_jobs()
+        with app.app_context():
+            place(app, job["jobId"], "executing", recovery.owner(), 30)
+        ids.append(job["jobId"])
+    yield app, ids
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_executing_jobs_renew_their_leases_together_with_their_checkpoints(executing):
+    import gevent
+    from sqlalchemy import event
+    app, ids = executing
+    statements = []
+    with app.app_context():
+        before = {job_id: db.session.get(Job, job_id).lease_expires_at for job_id in ids}
+        db.session.remove()
+        event.listen(db.engine, "before_cursor_execute",
+                     lambda conn, cursor, sql, params, context, many: statements.append((sql.split()[0], many)))
+        renewer = renewals.renewer()
+        workers = [gevent.spawn(gevent.sleep, 10) for _ in ids]
+        for n, (job_id, worker) in enumerate(zip(ids, workers)):
+            renewer.join(job_id, "executing", worker, lambda n=n: {"result": f"answer {n}",
+                                                                    "checkpoint_output_tokens": n})
+        gevent.sleep(0.6)  # two renewals or so
+        for job_id in ids:
+            renewer.leave(job_id)
+        renewed = list(statements)
+        stored = {job_id: db.session.get(Job, job_id) for job_id in ids}
+        assert [stored[job_id].result for job_id in ids] == ["answer 0", "answer 1", "answer 2"]
+        assert [stored[job_id].checkpoint_output_tokens for job_id in ids] == [0, 1, 2]
+        assert all(stored[job_id].lease_expires_at > before[job_id] for job_id in ids)
+        assert not any(worker.dead for worker in workers)
+        gevent.killall(workers)
+    # Each round: one UPDATE executed for all three jobs, and one query for the leases still held.
+    updates = [many for kind, many in renewed if kind == "UPDATE"]
+    assert updates and all(updates), renewed
+    assert len([kind for kind, _ in renewed if kind == "SELECT"]) == len(updates), renewed
+
+
+def test_a_lease_taken_over_stops_its_job_and_no_other(executing):
+    import gevent
+    app, ids = executing
+    with app.app_context():
+        renewer = renewals.renewer()
+        workers = [gevent.spawn(gevent.sleep, 10) for _ in ids]
+        for job_id, worker in zip(ids, workers):
+            renewer.join(job_id, "executing", worker, lambda: {"result": "so far"})
+        place(app, ids[1], "executing", "someone-else", 60)  # another process swept it
+        gevent.sleep(0.6)
+        assert workers[1].dead and isinstance(workers[1].value, recovery.LeaseLost)
+        assert not workers[0].dead and not workers[2].dead
+        for job_id in ids:
+            renewer.leave(job_id)
+        db.session.remove()
+        assert db.session.get(Job, ids[1]).lease_owner == "someone-else"
+        assert db.session.get(Job, ids[1]).result != "so far"
+        gevent.killall(workers)
+
+
+def test_leaving_waits_for_a_renewal_under_way(executing, monkeypatch):
+    import gevent
+    import gevent.event
+    app, ids = executing
+    started, release, order = gevent.event.Event(), gevent.event.Event(), []
+    renew_many = recovery.renew_many
+
+    def slow_renew_many(leases):
+        started.set()
+        release.wait()
+        order.append("renewed")
+        return renew_many(leases)
+
+    monkeypatch.setattr(recovery, "renew_many", slow_renew_many)
+    with app.app_context():
+        renewer = renewals.renewer()
+        renewer.join(ids[0], "executing", gevent.getcurrent(), dict)
+        assert started.wait(2)
+        leaving = gevent.spawn(lambda: (renewer.leave(ids[0]), order.append("left")))
+        gevent.sleep(0.1)
+        assert order == []  # still waiting for the batch that holds its job
+        release.set()
+        leaving.join(2)
+        assert order == ["renewed", "left"]
