@@ -4,14 +4,13 @@ flask-sse as shipped opens a Redis connection per publish, sends nothing until t
 loses a leading space and line breaks, and has no replay. Here: one shared pool, an immediate
 comment and a heartbeat, exact framing, and a snapshot of the current state on (re)connect.
 """
-import json
 import logging
 
 import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import Message, ServerSentEventsBlueprint
 
-from . import bus, fanout, fragments, live, publisher, resp
+from . import bus, fanout, fastjson, fragments, live, publisher, resp
 from .models import Job, db
 
 log = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ def _render(messages, sent):
             return "".join(out), sent, DONE  # gone, or too slow: a browser still there reconnects
         if message is fanout.LOST:
             return "".join(out), sent, LOST
-        frame = json.loads(message)
+        frame = fastjson.loads(message)
         kind = frame["type"]
         if kind == "job_answer" or "answer" in frame:
             if frame["start"] > sent:
@@ -240,7 +239,7 @@ def stop_command(job):
 def frame_commands(job, frames):
     """Return the commands that publish frames to the job's channel, in flask-sse's format."""
     name = channel(job)
-    return [resp.command("PUBLISH", name, json.dumps(frame)) for frame in frames]
+    return [resp.command("PUBLISH", name, fastjson.dumps(frame)) for frame in frames]
 
 
 def send(job, commands):

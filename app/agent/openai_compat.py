@@ -1,10 +1,10 @@
 """Timmy on any OpenAI-compatible chat-completions API: OpenAI, OpenRouter, Ollama, vLLM, llama.cpp."""
-import json
 from urllib.parse import urlsplit
 
 import httpx2
 import openai
 
+from .. import fastjson
 from . import ProviderError, TextDelta, Thinking, Usage
 from .remote import LOST, UNREADABLE, RemoteAgent, timeout
 from .sse import data_events
@@ -49,7 +49,7 @@ class OpenAIAgent(RemoteAgent):
                 for data in data_events(response.iter_bytes()):
                     if data.startswith(b"[DONE]"):
                         break
-                    chunk = json.loads(data)  # unreadable JSON is a ValueError: explain() says UNREADABLE
+                    chunk = fastjson.loads(data)  # unreadable JSON is a ValueError: explain() says UNREADABLE
                     if not isinstance(chunk, dict):
                         raise ProviderError(UNREADABLE)
                     if chunk.get("error"):
