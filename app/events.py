@@ -59,7 +59,7 @@ class JobEvents(ServerSentEventsBlueprint):
         def join(timeout):
             # Confirmed before any snapshot is read, so nothing falls between the two.
             try:
-                viewer = hub.join(name, timeout=timeout)
+                viewer = hub.join(name, timeout=timeout, heartbeat=heartbeat)
             except ConnectionError:
                 return None  # Redis is unreachable
             viewer.watch_hangup(sock)
@@ -87,7 +87,7 @@ class JobEvents(ServerSentEventsBlueprint):
                             if not _is_final(job_id):
                                 continue
                     else:
-                        outcome = yield from _relay(viewer, heartbeat, sent, job_id)
+                        outcome = yield from _relay(viewer, sent, job_id)
                         if outcome is DONE:
                             return
                         if outcome is LOST:
@@ -157,16 +157,10 @@ def _is_final(job_id):
     return final
 
 
-def _relay(viewer, heartbeat, sent, job_id):
+def _relay(viewer, sent, job_id):
     """Yield the viewer's frames as SSE text; return why it stopped: DONE, LOST or RESYNC."""
     while True:
-        messages = viewer.get_ready(timeout=heartbeat)
-        if not messages:
-            yield ": heartbeat\n\n"
-            # A final frame lost to a Redis hiccup must not leave the viewer waiting for ever.
-            if _is_final(job_id):
-                return RESYNC
-            continue
+        messages = viewer.get_ready()  # the hub hands it HEARTBEAT after a quiet period
         # Frames that arrived together leave in one write: a ticker frame and its answer text
         # are one send to the browser, not two.
         out, sent, outcome = _render(messages, sent)
@@ -174,6 +168,11 @@ def _relay(viewer, heartbeat, sent, job_id):
             yield out
         if outcome is not None:
             return outcome
+        if not out and fanout.HEARTBEAT in messages:
+            yield ": heartbeat\n\n"
+            # A final frame lost to a Redis hiccup must not leave the viewer waiting for ever.
+            if _is_final(job_id):
+                return RESYNC
 
 
 def _render(messages, sent):
@@ -184,6 +183,8 @@ def _render(messages, sent):
             return "".join(out), sent, DONE  # gone, or too slow: a browser still there reconnects
         if message is fanout.LOST:
             return "".join(out), sent, LOST
+        if message is fanout.HEARTBEAT:
+            continue
         frame = fastjson.loads(message)
         kind = frame["type"]
         if kind == "job_answer" or "answer" in frame:

@@ -34,27 +34,35 @@ CLIENT_NAME = "workshop-fanout"  # CLIENT LIST shows the connection as workshop-
 LOST = object()  # the subscription broke: frames may be missing, so the viewer must start over
 OVERFLOW = object()  # the viewer stopped reading and fell too far behind
 LEFT = object()  # the viewer's browser closed its connection
+HEARTBEAT = object()  # nothing came for the viewer's heartbeat period: its stream sends a comment
 MAX_BACKLOG = 2000  # frames queued for one viewer before it is cut off (Redis would do the same)
 ACK_TIMEOUT = 10  # seconds a new viewer waits for Redis to confirm its subscription
 DRAIN_SECONDS = 2  # at a shutdown, how long frames already published may take to reach viewers
 HEALTH_SECONDS = 30  # a connection silent this long is PINGed; silent twice that long, replaced
+SWEEP_SECONDS = 0.5  # how often the viewers' quiet is counted, for their heartbeats
 
 
 class Viewer:
-    """One viewer's end of the fan-out: the raw messages (bytes), or LOST/OVERFLOW/LEFT, not yet read."""
+    """One viewer's end of the fan-out: the raw messages (bytes), or LOST/OVERFLOW/LEFT/HEARTBEAT,
+    not yet read."""
 
-    __slots__ = ("channel", "items", "ready", "hub", "watcher", "__weakref__")
+    __slots__ = ("channel", "items", "ready", "hub", "watcher", "quiet", "heartbeat", "__weakref__")
 
-    def __init__(self, hub, channel):
+    def __init__(self, hub, channel, heartbeat=None):
         self.hub, self.channel = hub, channel
         # A list and an Event (set while the list holds something), not a gevent Queue: a Queue
         # holds three deques, 2.2 KB even when empty, 4.5 MB of the worker with 2,000 idle viewers.
         self.items, self.ready = [], gevent.event.Event()
         self.watcher = None
+        # Heartbeats come from the hub's sweeps (HEARTBEAT after `heartbeat` seconds of quiet),
+        # not from a timeout on every wait: a gevent Timeout per wait cost more than the wait.
+        self.quiet = 0  # sweeps since the last message
+        self.heartbeat = heartbeat and max(2, round(heartbeat / SWEEP_SECONDS))  # in sweeps
 
     def put(self, message):
         """Hand the viewer a message; from any greenlet of this hub, or from the hub itself."""
         self.items.append(message)
+        self.quiet = 0
         self.ready.set()
 
     def watch_hangup(self, sock):
@@ -128,22 +136,24 @@ class Hub:
         self.connected = gevent.event.Event()
         self.write_lock = gevent.lock.Semaphore()
         self.reader = None
+        self.sweeper = None
         self.reconnects = 0
         self.down = False  # the last attempt to reach Redis failed (or the connection broke)
         self.stopping = False  # the process is shutting down: no viewer waits for Redis any more
         self.pongs = {}  # PING payload -> event set once Redis has answered it
 
     # --- viewers ---------------------------------------------------------------------------
-    def join(self, channel, timeout=ACK_TIMEOUT):
+    def join(self, channel, timeout=ACK_TIMEOUT, heartbeat=None):
         """Register a viewer of channel; return it once Redis has confirmed the subscription.
 
         Returning only after the confirmation means that anything read from Redis afterwards (a
-        snapshot) is older than every frame the viewer will be handed.
+        snapshot) is older than every frame the viewer will be handed. With `heartbeat`, the
+        viewer is handed HEARTBEAT whenever nothing else came for that many seconds.
         """
         if self.stopping:
             raise ConnectionError("the process is stopping")
         key = channel.encode() if isinstance(channel, str) else channel
-        viewer = Viewer(self, key)
+        viewer = Viewer(self, key, heartbeat)
         state = self.channels.get(key)
         if state is None:
             state = self.channels[key] = _Channel()
@@ -207,6 +217,22 @@ class Hub:
     def _start(self):
         if self.reader is None or self.reader.dead:
             self.reader = gevent.spawn(self._run)
+        if self.sweeper is None:
+            self.sweeper = gevent.spawn(self._sweep)
+
+    def _sweep(self):
+        """Hand HEARTBEAT to every viewer that has had nothing for its heartbeat period."""
+        try:
+            while self.channels:
+                gevent.sleep(SWEEP_SECONDS)
+                for state in tuple(self.channels.values()):
+                    for viewer in tuple(state.viewers):
+                        if viewer.heartbeat:
+                            viewer.quiet += 1
+                            if viewer.quiet >= viewer.heartbeat:
+                                viewer.put(HEARTBEAT)
+        finally:
+            self.sweeper = None
 
     def _send(self, data):
         with self.write_lock:

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 
+import gevent
 import pytest
 import redis
 import requests
@@ -197,7 +198,29 @@ def test_a_viewer_takes_every_frame_queued_at_once_in_order(redis_url, rds):
             assert ready, f"frames missing after {got}"
             got += ready
         assert got == [f"frame {i}".encode() for i in range(5)]
-        assert viewer.get_ready(timeout=0.2) == []  # nothing more: a heartbeat is due
+        assert viewer.get_ready(timeout=0.2) == []  # nothing more
+
+
+def test_a_quiet_viewer_is_handed_a_heartbeat_and_a_busy_one_none(redis_url, rds, monkeypatch):
+    monkeypatch.setattr(fanout, "SWEEP_SECONDS", 0.05)
+    hub = fanout.Hub(redis_url)
+    quiet_channel, busy_channel = f"job:test-quiet-{os.getpid()}", f"job:test-busy-{os.getpid()}"
+    with hub.join(quiet_channel, heartbeat=0.2) as quiet, hub.join(busy_channel, heartbeat=0.2) as busy:
+        got = []
+        for n in range(12):  # 0.6 s, a frame every 0.05 s: never 0.2 s of quiet
+            rds.publish(busy_channel, f"frame {n}")
+            gevent.sleep(0.05)
+            got += busy.get_ready(timeout=0)
+        assert fanout.HEARTBEAT not in got and len(got) >= 10
+        # The quiet one had a heartbeat every 0.2 s or so, and nothing else.
+        beats = quiet.get_ready(timeout=1)
+        for _ in range(10):
+            if len(beats) >= 3:
+                break
+            beats += quiet.get_ready(timeout=1)
+        assert len(beats) >= 3 and beats == [fanout.HEARTBEAT] * len(beats)
+    with hub.join(quiet_channel) as without:  # no heartbeat asked for: none given
+        assert without.get_ready(timeout=0.5) == []
 
 
 def test_a_shutdown_hands_out_what_was_published_before_ending_the_streams(redis_url, rds):
