@@ -245,9 +245,11 @@ def test_an_abandoned_stream_closes_its_connection_and_the_next_one_works(provid
 GEVENT_DRAIN = """
 from gevent import monkey; monkey.patch_all()
 import json, sys, time
-from app.agent import TextDelta, build
+from app.agent import TextDelta, build, stall
 config, pause = json.loads(sys.argv[1]), float(sys.argv[2])
-text, error = "", None
+text, error, watchdogs = "", None, []
+timed = stall.Watchdog.read
+stall.Watchdog.read = lambda self, reads: (watchdogs.append(self), timed(self, reads))[1]
 try:
     for item in build(config).stream("hi"):
         if isinstance(item, TextDelta):
@@ -255,12 +257,14 @@ try:
             time.sleep(pause)  # a consumer busy elsewhere: no read is waiting meanwhile
 except Exception as exc:
     error = str(exc)
-print(json.dumps({"text": text, "error": error}))
+print(json.dumps({"text": text, "error": error, "watchdogs": len(set(map(id, watchdogs)))}))
 """
 
 
 def drain_under_gevent(provider, pause=0.0, **overrides):
-    """Drain a stream in a gevent-patched process, as the worker does; return (text, error)."""
+    """Drain a stream in a gevent-patched process, as the worker does; return (text, error).
+
+    Its reads must have been timed by a watchdog, not by a Timeout each (stall.py)."""
     work, cheap = MODELS[provider.kind]
     config = {"AGENT": provider.kind, "PROVIDER_API_KEY": "test-key", "WORK_MODEL": work,
               "EVAL_MODEL": cheap, "CHAT_MODEL": cheap, "PROVIDER_STALL_SECONDS": 5,
@@ -271,13 +275,16 @@ def drain_under_gevent(provider, pause=0.0, **overrides):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["watchdogs"] == 1
     return out["text"], out["error"]
 
 
-def test_under_gevent_a_stall_mid_stream_is_a_read_timeout(provider):
+@pytest.mark.parametrize("headers", [{}, {"Connection": "close"}], ids=["keep-alive", "close"])
+def test_under_gevent_a_stall_mid_stream_is_a_read_timeout(provider, headers):
+    # With "Connection: close" http.client lets go of the socket before the body is read.
     frames = provider.frames(["First", " second"])
     head = provider.head(frames)
-    provider.server.queue(Reply(head + [Sleep(30)] + frames[len(head):]))
+    provider.server.queue(Reply(head + [Sleep(30)] + frames[len(head):], headers=headers))
     text, error = drain_under_gevent(provider, PROVIDER_STALL_SECONDS=0.5)
     assert text == "First" and error == remote.STALLED
 

@@ -47,7 +47,8 @@ _write_timeout = contextvars.ContextVar("write_timeout", default=_UNSET)
 
 
 class _TimedWrites:
-    """A connection that sends the request under the SDK's write timeout (None: no limit)."""
+    """A connection that sends the request under the SDK's write timeout (None: no limit), and
+    hands its response the socket the body is read from."""
 
     def send(self, data):
         if self.sock is None:
@@ -56,6 +57,12 @@ class _TimedWrites:
         if timeout is not _UNSET:
             self.sock.settimeout(timeout)
         super().send(data)
+
+    def getresponse(self):
+        sock = self.sock  # http.client lets go of it when the response ends the connection
+        response = super().getresponse()
+        response.body_socket = sock
+        return response
 
 
 class _HTTPConnection(_TimedWrites, HTTPConnection):
@@ -129,7 +136,7 @@ class _Body(httpx2.SyncByteStream):
         response = self._response
         reads = (response.read_chunked(READ_SIZE, decode_content=False) if response.chunked
                  else _read1s(response))
-        watchdog = stall.watch(response.connection and response.connection.sock, self._read_timeout)
+        watchdog = stall.watch(getattr(response, "body_socket", None), self._read_timeout)
         try:
             if watchdog is None:
                 yield from reads
