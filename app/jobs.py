@@ -5,7 +5,8 @@ import unicodedata
 
 import gevent
 from flask import current_app, g
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.orm import joinedload
 
 from . import events, pricing, recovery, refunds, turns
 from .agent import ProviderError, get_agent
@@ -79,17 +80,25 @@ def transition(job, from_state, to_state, where=(), add=(), **values):
 
     Rows in `add` (and anything else pending in the session) are written only if it moved.
     """
-    moved = db.session.execute(update(Job).where(Job.id == job.id, Job.state == from_state, *where)
+    job_id = job.id  # read before the commit expires it
+    moved = db.session.execute(update(Job).where(Job.id == job_id, Job.state == from_state, *where)
                                .values(state=to_state, updated_at=utcnow(), **values)).rowcount == 1
     if moved:
         db.session.add_all(add)
         db.session.commit()
     else:
         db.session.rollback()
-    db.session.refresh(job)
+    _reload(job_id)
     if moved:
         events.publish_state(job)
     return moved
+
+
+def _reload(job_id):
+    """Load the job afresh with what its card shows (invoices, ledger, refund): one query, not four."""
+    db.session.execute(select(Job).where(Job.id == job_id)
+                       .options(joinedload(Job.invoices), joinedload(Job.ledger), joinedload(Job.refund))
+                       .execution_options(populate_existing=True)).unique().one()
 
 
 def on_payment(payment_hash):

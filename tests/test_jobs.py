@@ -264,3 +264,23 @@ def test_a_payment_waits_for_its_turn_without_holding_a_database_connection(make
     assert held.successful(), held.exception
     assert paid.status_code == 200
     assert client.get(f"/api/jobs/{job['jobId']}").json["state"] == "awaiting_work_payment"
+
+
+def test_a_state_change_reads_the_job_and_all_its_card_shows_in_one_query(client, app, monkeypatch):
+    # transition() reloads the job with its invoices, ledger and refund, so publishing the new
+    # card issues no lazy load of its own: one SELECT instead of four, for every state change.
+    from sqlalchemy import event
+    from app import jobs
+    job = create(client)
+    monkeypatch.setattr(jobs, "spawn", lambda *args: None)
+    with app.test_request_context():
+        stored = db.session.get(Job, job["jobId"])
+        stored.invoices  # loaded before, as on_payment has them
+        statements = []
+        listener = lambda conn, cursor, sql, *rest: statements.append(sql.split()[0])  # noqa: E731
+        event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            assert jobs.transition(stored, "awaiting_eval_payment", "evaluating")
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+    assert statements == ["UPDATE", "SELECT"]
