@@ -20,13 +20,16 @@ class Frame(Message):
     """An SSE message whose data arrives intact: every line break kept, leading spaces kept."""
 
     def __str__(self):
-        # The SSE parser splits only on CR, LF and CRLF and strips one space after "data:".
-        data = self.data.replace("\r\n", "\n").replace("\r", "\n")
-        lines = [f"event: {self.type}"] if self.type else []
-        lines += [f"data: {line}" for line in data.split("\n")]
-        if self.id is not None:
-            lines.append(f"id: {self.id}")
-        return "\n".join(lines) + "\n\n"
+        text = event_text(self.data, self.type)
+        return text if self.id is None else f"{text[:-1]}id: {self.id}\n\n"
+
+
+def event_text(data, kind=None):
+    """Return one SSE event: its type, then its data with every line break and leading space kept."""
+    # The SSE parser splits only on CR, LF and CRLF and strips one space after "data:". A
+    # function, not a Frame: each viewer formats two of these for every streamed token.
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\ndata: ")
+    return f"event: {kind}\ndata: {lines}\n\n" if kind else f"data: {lines}\n\n"
 
 
 class JobEvents(ServerSentEventsBlueprint):
@@ -194,10 +197,10 @@ def _render(messages, sent):
             if text is None:
                 continue  # all in the viewer's snapshot already, and so were its (older) figures
             if kind != "job_answer":  # a ticker frame carrying new text: the ticker goes first
-                out.append(str(Frame(frame["data"], type=kind)))
-            out.append(str(Frame(text, type="job_answer")))
+                out.append(event_text(frame["data"], kind))
+            out.append(event_text(text, "job_answer"))
             continue
-        out.append(str(Frame(frame["data"], type=kind)))
+        out.append(event_text(frame["data"], kind))
         if kind == "job_complete":
             return "".join(out), sent, DONE
     return "".join(out), sent, None
