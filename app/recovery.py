@@ -2,8 +2,9 @@
 
 A process that starts evaluating or executing a job leases it (lease_owner, lease_expires_at)
 and renews the lease while it works; an executing job's renewal also checkpoints its answer so
-far (executing jobs are renewed together, by app/renewals.py). Any process can tell a busy job from an orphaned one by the lease alone: only a lease left
-to lapse (its process was killed, or lost the database for longer than a lease) is swept. An
+far (a process renews its executing jobs together: app/renewals.py). Any process can tell a
+busy job from an orphaned one by the lease alone: only a lease left to lapse (its process was
+killed, or lost the database for longer than a lease) is swept. An
 orphaned evaluation is evaluated again (its fee is paid and nothing was quoted yet); an orphaned
 execution fails, charged for the answer as last checkpointed, the rest owed back as a refund.
 """

@@ -62,12 +62,18 @@ class Renewer:
                     gevent.sleep(TICK_SECONDS)
                     now = time.monotonic()
                     due = [(job_id, held) for job_id, held in self.held.items() if held.due <= now]
-                    if due:
-                        self._renew(due, now)
+                    if not due:
+                        continue
+                    for _, held in due:
+                        held.due = now + self.interval  # renewed or not, next tried then
+                    try:
+                        self._renew(due)
+                    except Exception:  # a fault in one batch must not end every job's renewals
+                        log.exception("renewing %d leases failed; trying again", len(due))
         finally:
             self.greenlet = None
 
-    def _renew(self, due, now):
+    def _renew(self, due):
         from .recovery import LeaseLost, renew_many
         self.in_flight = {job_id for job_id, _ in due}
         self.idle.clear()
@@ -75,12 +81,10 @@ class Renewer:
             lost = renew_many([(job_id, held.state, held.checkpoint()) for job_id, held in due])
         except SQLAlchemyError:
             log.warning("could not renew %d leases; retrying", len(due), exc_info=True)
-            return  # still due: tried again at the next tick
+            return  # tried again an interval later, as a job's own renewals were
         finally:
             self.in_flight = set()
             self.idle.set()
-        for _, held in due:
-            held.due = now + self.interval
         for job_id in lost:
             held = self.held.pop(job_id, None)
             if held is not None:

@@ -187,3 +187,27 @@ def test_leaving_waits_for_a_renewal_under_way(executing, monkeypatch):
         release.set()
         leaving.join(2)
         assert order == ["renewed", "left"]
+
+
+def test_a_renewal_batch_that_fails_unexpectedly_leaves_the_renewals_going(executing, monkeypatch):
+    import gevent
+    app, ids = executing
+    calls, renew_many = [], recovery.renew_many
+
+    def flaky(leases):
+        calls.append(len(leases))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one batch")
+        return renew_many(leases)
+
+    monkeypatch.setattr(recovery, "renew_many", flaky)
+    with app.app_context():
+        renewer = renewals.renewer()
+        worker = gevent.spawn(gevent.sleep, 10)
+        renewer.join(ids[0], "executing", worker, lambda: {"result": "still going"})
+        gevent.sleep(0.8)  # the first batch fails; the next ones renew
+        renewer.leave(ids[0])
+        assert len(calls) >= 2 and not worker.dead
+        db.session.remove()
+        assert db.session.get(Job, ids[0]).result == "still going"
+        worker.kill()
