@@ -1,4 +1,4 @@
-"""Job starts and settlements take turns, so that the answers already streaming keep their pace.
+"""Payments, job starts and settlements take turns, so that the answers streaming keep their pace.
 
 A state change is database work and a render that never yields to the event loop (SQLite's
 calls block it; the ORM and Jinja are plain CPU): a few milliseconds each. With 200 jobs paid
